@@ -1,0 +1,129 @@
+"""The `tfprune` command line: prune | inspect."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import TfpruneError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfprune", description="Prune multilingual LLMs, keeping translation features.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="prune a model and write a Hugging Face directory")
+    p.add_argument("model", help="local HF directory, hub id, or builtin:llama|bloom|xglm|gpt2|opt|mistral|qwen2")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--method", default="wanda", choices=["wanda", "magnitude", "contrastive", "random"])
+    p.add_argument("--sparsity", type=float, default=None, help="fraction pruned per row (default 0.5; N:M fixes it)")
+    p.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M, e.g. 2:4")
+    p.add_argument("--protect", default=None, help="retain channels: 'topk:0.5%%' or 'int8:6.0[:0.06]'")
+    p.add_argument("--owl", default=None, help="OWL layerwise sparsity 'M,lambda', e.g. 5,0.08 (unstructured)")
+    p.add_argument("--calib", default="builtin",
+                   help="builtin | flores | PATH (.tsv/.jsonl/folder of {lang}.txt parallel corpus, or .txt of texts)")
+    p.add_argument("--contrast", default=None, help="contrast stream for --method contrastive (same formats as --calib)")
+    p.add_argument("--langs", default=None, help="comma-separated languages paired with English (default: all)")
+    p.add_argument("--direction", default="x2en", choices=["x2en", "en2x", "mono"])
+    p.add_argument("--shots", type=int, default=4)
+    p.add_argument("--nsamples", type=int, default=128)
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", choices=["paper"], default=None,
+                   help="paper: 4-shot X->English, 100 samples, 512 tokens, the paper's 14 languages")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: the checkpoint's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+
+    i = sub.add_parser("inspect", help="summarize a directory written by `tfprune prune`")
+    i.add_argument("path")
+    return parser
+
+
+def _config_from_args(args):
+    from .config import PruneConfig
+
+    options = dict(method=args.method, sparsity=args.sparsity, pattern=args.pattern, protect=args.protect,
+                   nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, shots=args.shots,
+                   direction=args.direction, batch_size=args.batch_size,
+                   langs=tuple(args.langs.split(",")) if args.langs else None)
+    if args.owl:
+        try:
+            options["owl"] = tuple(float(v) for v in args.owl.split(","))
+        except ValueError:
+            raise TfpruneError(f"--owl takes 'M,lambda', got {args.owl!r}") from None
+    if args.recipe == "paper":
+        for key in ("nsamples", "seqlen", "shots", "direction", "langs"):
+            options.pop(key)
+        return PruneConfig.paper_recipe(**options)
+    return PruneConfig(**options)
+
+
+def _calibration_source(spec: str | None, langs):
+    from .calib import load_corpus, load_flores
+    from .config import PAPER_LANGS
+    from .errors import CalibrationError
+
+    if spec is None or spec == "builtin":
+        return None
+    if spec == "flores":
+        return load_flores(langs or PAPER_LANGS)
+    path = Path(spec)
+    if path.suffix == ".txt" and path.is_file():
+        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not texts:
+            raise CalibrationError(f"{path} holds no text")
+        return texts
+    return load_corpus(path)
+
+
+def cmd_prune(args) -> int:
+    import torch
+
+    from .engine import prune
+    from .io import check_output_dir, save_pruned
+    from .models import DTYPES, load_model
+
+    config = _config_from_args(args)
+    check_output_dir(args.out, args.overwrite)
+    if args.dtype is not None and args.dtype not in DTYPES:
+        raise TfpruneError(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise TfpruneError("--device cuda was asked for, but torch sees no CUDA device")
+    calib = _calibration_source(args.calib, config.langs)
+    contrast = _calibration_source(args.contrast, config.langs) if args.contrast else None
+    model, tokenizer = load_model(args.model, args.dtype, args.device)
+    report = prune(model, tokenizer, config, calib=calib, contrast_calib=contrast, progress=not args.quiet)
+    save_pruned(model, tokenizer, args.out, config, report, overwrite=args.overwrite,
+                extra={"model": args.model, "calib": args.calib})
+    if not args.quiet:
+        print(report.table())
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .inspect import inspect_dir
+
+    print(inspect_dir(args.path))
+    return 0
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return {"prune": cmd_prune, "inspect": cmd_inspect}[args.command](args)
+    except TfpruneError as error:
+        print(f"tfprune: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

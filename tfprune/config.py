@@ -1,0 +1,150 @@
+"""PruneConfig: every option of a pruning run, validated when it is built."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+__all__ = ["PruneConfig", "ProtectRule", "METHODS", "DIRECTIONS", "PAPER_LANGS", "parse_pattern"]
+
+METHODS = ("wanda", "magnitude", "contrastive", "random")
+DIRECTIONS = ("x2en", "en2x", "mono")
+# Languages of the paper's calibration (authors' code, FLORES-200 dev), English is the pivot.
+PAPER_LANGS = ("ar", "bg", "de", "el", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
+
+
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """'unstructured' -> None; 'N:M' -> (N, M) with 0 < N < M."""
+    if pattern == "unstructured":
+        return None
+    try:
+        n, m = (int(part) for part in pattern.split(":"))
+    except ValueError:
+        raise ConfigError(f"pattern must be 'unstructured' or 'N:M' (e.g. 2:4), got {pattern!r}") from None
+    if not 0 < n < m:
+        raise ConfigError(f"N:M pattern needs 0 < N < M, got {n}:{m}")
+    return n, m
+
+
+@dataclass(frozen=True)
+class ProtectRule:
+    """Which input channels keep all their weights.
+
+    kind 'topk': the `fraction` of channels with the largest ‖X_j‖₂ (at least one).
+    kind 'int8': LLM.int8's rule: |x_j| > `tau` on at least `fraction` of the calibration tokens.
+    """
+
+    kind: str
+    fraction: float
+    tau: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "ProtectRule":
+        """'topk:0.5%' | 'topk:0.005' | 'int8:6.0' | 'int8:6.0:0.06'."""
+        kind, _, value = text.partition(":")
+        try:
+            if kind == "topk":
+                fraction = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+                rule = cls("topk", fraction)
+            elif kind == "int8":
+                parts = value.split(":") if value else ["6.0"]
+                rule = cls("int8", float(parts[1]) if len(parts) > 1 else 0.06, float(parts[0]))
+            else:
+                raise ConfigError(f"protect must be 'topk:P%' or 'int8:TAU[:FRACTION]', got {text!r}")
+        except (ValueError, IndexError):
+            raise ConfigError(f"cannot parse protect rule {text!r}") from None
+        if not 0 < rule.fraction <= 1:
+            raise ConfigError(f"protect fraction must be in (0, 1], got {rule.fraction} from {text!r}")
+        if rule.tau is not None and not (rule.tau > 0 and math.isfinite(rule.tau)):
+            raise ConfigError(f"protect threshold must be a positive number, got {rule.tau} from {text!r}")
+        return rule
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Options of one pruning run.
+
+    method:     score of a weight: 'wanda' |W_ij|·‖X_j‖₂ (the paper's method with translation calibration),
+                'magnitude' |W_ij|, 'contrastive' |W_ij|·‖X^mt_j‖²/‖X^contrast_j‖, 'random' (seeded).
+    sparsity:   fraction of weights removed per output row, in [0, 1); None = 0.5, or 1 - N/M for N:M.
+    pattern:    'unstructured' (per-row) or 'N:M' along the input dimension (every M keep exactly N).
+    protect:    None, 'topk:P%' or 'int8:TAU[:FRACTION]' (see ProtectRule): channels never pruned.
+    nsamples:   number of calibration prompts; seqlen: their maximal length in tokens.
+    shots:      translation demonstrations per prompt; direction: 'x2en' | 'en2x' | 'mono'.
+    langs:      languages paired with English (None: every language of the corpus).
+    owl:        (M, lambda) for OWL layerwise sparsity (unstructured only), None for uniform.
+    tau:        threshold of the |x| > τ count statistic (taken from an 'int8' protect rule if given).
+    batch_size: calibration prompts per forward pass; report_topk: large-magnitude channels reported per layer.
+    """
+
+    method: str = "wanda"
+    sparsity: float | None = None
+    pattern: str = "unstructured"
+    protect: str | None = None
+    nsamples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+    shots: int = 4
+    direction: str = "x2en"
+    langs: tuple[str, ...] | None = None
+    owl: tuple[float, float] | None = None
+    tau: float = 6.0
+    batch_size: int = 8
+    report_topk: int = 8
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        nm = parse_pattern(self.pattern)
+        if self.sparsity is None:
+            object.__setattr__(self, "sparsity", 0.5 if nm is None else 1 - nm[0] / nm[1])
+        if not (isinstance(self.sparsity, (int, float)) and 0 <= self.sparsity < 1):
+            raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if nm is not None and not math.isclose(self.sparsity, 1 - nm[0] / nm[1]):
+            raise ConfigError(
+                f"pattern {self.pattern} fixes sparsity at {1 - nm[0] / nm[1]:g}, but sparsity={self.sparsity} was given"
+            )
+        if self.protect is not None:
+            rule = ProtectRule.parse(self.protect)
+            if rule.tau is not None:
+                object.__setattr__(self, "tau", rule.tau)
+        for name in ("nsamples", "seqlen", "shots", "batch_size"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.report_topk < 0:
+            raise ConfigError(f"report_topk must be >= 0, got {self.report_topk}")
+        if self.direction not in DIRECTIONS:
+            raise ConfigError(f"direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
+        if self.langs is not None:
+            object.__setattr__(self, "langs", tuple(self.langs))
+            if not self.langs:
+                raise ConfigError("langs is empty: give at least one language or None for all")
+        if self.owl is not None:
+            if nm is not None:
+                raise ConfigError("OWL layerwise sparsity applies to unstructured pruning, not to N:M patterns")
+            if len(self.owl) != 2 or self.owl[0] <= 0 or not 0 <= self.owl[1] < 0.5:
+                raise ConfigError(f"owl must be (M > 0, 0 <= lambda < 0.5), got {self.owl}")
+            object.__setattr__(self, "owl", tuple(float(v) for v in self.owl))
+        if not (self.tau > 0 and math.isfinite(self.tau)):
+            raise ConfigError(f"tau must be a positive number, got {self.tau}")
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """(N, M) for an N:M pattern, None for unstructured."""
+        return parse_pattern(self.pattern)
+
+    @property
+    def protect_rule(self) -> ProtectRule | None:
+        return None if self.protect is None else ProtectRule.parse(self.protect)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def paper_recipe(cls, **overrides) -> "PruneConfig":
+        """The paper's calibration: 4-shot X→English, 100 samples of 512 tokens, its 14 languages."""
+        options = dict(method="wanda", nsamples=100, seqlen=512, shots=4, direction="x2en", langs=PAPER_LANGS)
+        options.update(overrides)
+        return cls(**options)

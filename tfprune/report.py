@@ -1,0 +1,61 @@
+"""PruneReport: what a pruning run did, per linear layer, and its summary table."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = ["LayerReport", "PruneReport"]
+
+
+@dataclass
+class LayerReport:
+    """One pruned linear layer. shape: (out, in); sparsity: share of zero weights after pruning;
+    top_channels: the largest-‖X_j‖₂ input channels [(channel, norm)]; protected: channels never pruned;
+    violations: protected weights that N:M forced out."""
+
+    name: str
+    shape: tuple[int, int]
+    target_sparsity: float
+    sparsity: float
+    top_channels: list[tuple[int, float]]
+    protected: list[int]
+    violations: int
+    seconds: float
+
+
+@dataclass
+class PruneReport:
+    """Per-layer reports plus the run's totals (seconds, peak memory in bytes, calibration tokens)."""
+
+    layers: list[LayerReport] = field(default_factory=list)
+    seconds: float = 0.0
+    peak_memory_bytes: int = 0
+    peak_gpu_memory_bytes: int = 0
+    calibration_tokens: int = 0
+    block_sparsity: list[float] = field(default_factory=list)
+
+    @property
+    def sparsity(self) -> float:
+        """Share of zero weights over all pruned layers."""
+        total = sum(layer.shape[0] * layer.shape[1] for layer in self.layers)
+        zeros = sum(layer.sparsity * layer.shape[0] * layer.shape[1] for layer in self.layers)
+        return zeros / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["sparsity"] = self.sparsity
+        return data
+
+    def table(self) -> str:
+        """The summary printed at the end of a run."""
+        lines = [f"{'layer':<42} {'shape':>12} {'sparsity':>9} {'protected':>9} {'viol.':>6} {'top channels':<24}"]
+        for layer in self.layers:
+            top = ",".join(str(channel) for channel, _ in layer.top_channels[:4])
+            shape = f"{layer.shape[0]}x{layer.shape[1]}"
+            lines.append(f"{layer.name:<42} {shape:>12} {layer.sparsity:>9.4f} {len(layer.protected):>9} "
+                         f"{layer.violations:>6} {top:<24}")
+        gpu = f", peak GPU memory {self.peak_gpu_memory_bytes / 2**20:.0f} MiB" if self.peak_gpu_memory_bytes else ""
+        lines.append(f"{len(self.layers)} layers, overall sparsity {self.sparsity:.4f}, "
+                     f"{self.calibration_tokens} calibration tokens, {self.seconds:.1f} s, "
+                     f"peak RSS {self.peak_memory_bytes / 2**20:.0f} MiB{gpu}")
+        return "\n".join(lines)
