@@ -44,15 +44,15 @@ class ProtectRule:
     def parse(cls, text: str) -> "ProtectRule":
         """'topk:0.5%' | 'topk:0.005' | 'int8:6.0' | 'int8:6.0:0.06'."""
         kind, _, value = text.partition(":")
+        if kind not in ("topk", "int8"):
+            raise ConfigError(f"protect must be 'topk:P%' or 'int8:TAU[:FRACTION]', got {text!r}")
         try:
             if kind == "topk":
                 fraction = float(value[:-1]) / 100 if value.endswith("%") else float(value)
                 rule = cls("topk", fraction)
-            elif kind == "int8":
+            else:
                 parts = value.split(":") if value else ["6.0"]
                 rule = cls("int8", float(parts[1]) if len(parts) > 1 else 0.06, float(parts[0]))
-            else:
-                raise ConfigError(f"protect must be 'topk:P%' or 'int8:TAU[:FRACTION]', got {text!r}")
         except (ValueError, IndexError):
             raise ConfigError(f"cannot parse protect rule {text!r}") from None
         if not 0 < rule.fraction <= 1:

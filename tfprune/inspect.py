@@ -39,9 +39,9 @@ def inspect_dir(path: str | Path) -> str:
     lines = [f"{path}: model {record.get('model', '?')}, method {config.get('method')}, "
              f"pattern {config.get('pattern')}, sparsity {config.get('sparsity')}, protect {config.get('protect')}"]
     sparsities = weight_sparsity(path)
-    pruned = {name: value for name, value in sparsities.items() if value > 0}
+    pruned = {name: value for name, value in sparsities.items() if value >= 0.01}
     for name, value in pruned.items():
         lines.append(f"  {name:<60} {value:.4f}")
-    lines.append(f"{len(pruned)} of {len(sparsities)} weight matrices are sparse; "
+    lines.append(f"{len(pruned)} of {len(sparsities)} weight matrices have at least 1% zeros; "
                  f"report: overall sparsity {record.get('report', {}).get('sparsity', 0):.4f}")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .. import masks, ops
 from ..calib import build_calibration
 from ..config import PruneConfig
+from ..errors import ConfigError
 from ..features import protected_channels, top_channels
 from ..report import LayerReport, PruneReport
 from ..stats import ChannelStats
@@ -165,6 +166,19 @@ def owl_block_sparsities(model: nn.Module, inputs: list[LayerInput], config: Pru
     return masks.owl_sparsities(ratios, config.sparsity, lam)
 
 
+def check_prunable(model: nn.Module, config: PruneConfig) -> None:
+    """Raise ConfigError before any work if a linear layer's in_features does not fit the N:M pattern."""
+    if config.nm is None:
+        return
+    m = config.nm[1]
+    for index, block in enumerate(decoder_layers(model)):
+        for name, module in find_linears(block).items():
+            in_features = weight_matrix(module).shape[1]
+            if in_features % m:
+                raise ConfigError(f"layer {index}.{name} has in_features={in_features}, not a multiple of M={m} "
+                                  f"(pattern {config.pattern})")
+
+
 @torch.no_grad()
 def prune(model: nn.Module, tokenizer, config: PruneConfig, calib=None, contrast_calib=None,
           progress: bool = True) -> PruneReport:
@@ -176,6 +190,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, calib=None, contrast
     """
     start = time.perf_counter()
     adapter_for(model)
+    check_prunable(model, config)
     streams = {"translation": build_calibration(calib, tokenizer, config, "translation")}
     if config.method == "contrastive":
         source = contrast_calib if contrast_calib is not None else (calib if not isinstance(calib, (torch.Tensor, list)) else None)

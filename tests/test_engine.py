@@ -1,0 +1,135 @@
+"""The sequential engine on every built-in family: exact sparsity, protection, detection, save/load."""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import tfprune
+from tfprune import PruneConfig
+from tfprune.builtin import BUILTIN_FAMILIES, PLANTED_CHANNELS
+from tfprune.calib import build_calibration
+from tfprune.engine import decoder_layers, find_linears, weight_matrix
+from tfprune.engine.sequential import capture_layer_inputs, collect_block_stats
+
+SMALL = dict(nsamples=8, seqlen=64, batch_size=4)
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("family", BUILTIN_FAMILIES)
+def test_unstructured_prune_save_and_reload(family, tiny_model, tmp_path):
+    model, tokenizer = tiny_model(family)
+    report = tfprune.prune(model, tokenizer, PruneConfig(sparsity=0.5, **SMALL), progress=False)
+    linears = [m for block in decoder_layers(model) for m in find_linears(block).values()]
+    assert len(report.layers) == len(linears) >= 4
+    for module in linears:
+        weight = weight_matrix(module)
+        assert ((weight == 0).sum(1) == weight.shape[1] // 2).all()
+    ids = torch.randint(0, len(tokenizer), (2, 12))
+    expected = logits(model, ids)
+    assert torch.isfinite(expected).all()
+    tfprune.save_pruned(model, tokenizer, tmp_path / "out", PruneConfig(**SMALL), report)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert torch.equal(logits(reloaded, ids), expected)
+    assert (tmp_path / "out" / "tfprune.json").is_file()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bloom"])
+@pytest.mark.parametrize("pattern,n,m", [("2:4", 2, 4), ("4:8", 4, 8)])
+def test_nm_prune_keeps_exactly_n_per_group(family, pattern, n, m, tiny_model):
+    model, tokenizer = tiny_model(family)
+    report = tfprune.prune(model, tokenizer, PruneConfig(pattern=pattern, **SMALL), progress=False)
+    assert report.sparsity == pytest.approx(1 - n / m)
+    for block in decoder_layers(model):
+        for module in find_linears(block).values():
+            weight = weight_matrix(module)
+            assert ((weight != 0).reshape(weight.shape[0], -1, m).sum(-1) == n).all()
+
+
+def test_planted_channels_are_detected_and_protected(tiny_model):
+    model, tokenizer = tiny_model("llama")
+    report = tfprune.prune(model, tokenizer, PruneConfig(protect="int8:6.0", sparsity=0.7, **SMALL), progress=False)
+    fed_by_norms = [layer for layer in report.layers if layer.name.split(".")[-1] in {"q_proj", "k_proj", "v_proj",
+                                                                                       "gate_proj", "up_proj"}]
+    assert len(fed_by_norms) == 10
+    for layer in fed_by_norms:
+        assert sorted(layer.protected) == sorted(PLANTED_CHANNELS)
+        assert sorted(c for c, _ in layer.top_channels[:3]) == sorted(PLANTED_CHANNELS)
+    for block in decoder_layers(model):
+        weight = weight_matrix(block.self_attn.q_proj)
+        assert (weight[:, list(PLANTED_CHANNELS)] != 0).all()
+
+
+def test_protection_collides_with_nm_and_is_counted(tiny_model):
+    model, tokenizer = tiny_model("llama")
+    report = tfprune.prune(model, tokenizer, PruneConfig(protect="topk:10%", pattern="1:4", **SMALL), progress=False)
+    layer = report.layers[0]
+    groups = torch.zeros(64, dtype=torch.bool)
+    groups[layer.protected] = True
+    expected = int((groups.reshape(-1, 4).sum(-1) > 1).sum()) * layer.shape[0]
+    assert layer.violations == expected
+
+
+def test_engine_statistics_and_mask_match_a_float64_reference(tiny_model):
+    model, tokenizer = tiny_model("llama")
+    config = PruneConfig(**SMALL)
+    calib = build_calibration(None, tokenizer, config)
+    q_proj = decoder_layers(model)[0].self_attn.q_proj
+    seen = []
+    handle = q_proj.register_forward_hook(lambda _m, args, _o: seen.append(args[0].detach().double()))
+    with torch.no_grad():
+        for ids, mask in calib.batches(config.batch_size):
+            model(input_ids=ids, attention_mask=mask)
+    handle.remove()
+    tokens = torch.cat([x.reshape(-1, x.shape[-1])[mask.reshape(-1).bool()]
+                        for x, (_, mask) in zip(seen, calib.batches(config.batch_size))])
+    assert tokens.shape[0] == calib.tokens
+    inputs = capture_layer_inputs(model, calib, "translation", config.batch_size)
+    stats = collect_block_stats(decoder_layers(model)[0], inputs, config.tau)["translation"]["self_attn.q_proj"]
+    torch.testing.assert_close(stats.sumsq, (tokens**2).sum(0), rtol=1e-5, atol=1e-6)
+    assert int(stats.n) == tokens.shape[0]
+    weight = q_proj.weight.detach().double()
+    score = weight.abs() * (tokens**2).sum(0).sqrt()
+    k = weight.shape[1] // 2
+    expected = torch.ones_like(weight, dtype=torch.bool)
+    expected.scatter_(1, torch.sort(score, dim=1, stable=True).indices[:, :k], False)
+    tfprune.prune(model, tokenizer, config, calib=calib, progress=False)
+    assert torch.equal(q_proj.weight != 0, expected)
+
+
+def test_padding_never_enters_the_statistics(tiny_model):
+    model, tokenizer = tiny_model("llama")
+    config = PruneConfig(**SMALL)
+    calib = build_calibration(None, tokenizer, config)
+    per_batch_size = {}
+    for batch_size in (1, 4):
+        inputs = capture_layer_inputs(model, calib, "translation", batch_size)
+        stats = collect_block_stats(decoder_layers(model)[0], inputs, config.tau)["translation"]
+        per_batch_size[batch_size] = stats["mlp.down_proj"]
+    assert int(per_batch_size[1].n) == int(per_batch_size[4].n) == calib.tokens
+    torch.testing.assert_close(per_batch_size[1].sumsq, per_batch_size[4].sumsq, rtol=1e-4, atol=1e-4)
+
+
+def test_contrastive_and_owl_and_random(tiny_model):
+    model, tokenizer = tiny_model("llama")
+    report = tfprune.prune(model, tokenizer, PruneConfig(method="contrastive", **SMALL), progress=False)
+    assert report.sparsity == pytest.approx(0.5)
+    model, tokenizer = tiny_model("llama")
+    report = tfprune.prune(model, tokenizer, PruneConfig(owl=(5.0, 0.08), sparsity=0.6, **SMALL), progress=False)
+    assert sum(report.block_sparsity) / 2 == pytest.approx(0.6)
+    assert report.block_sparsity[0] != report.block_sparsity[1]
+    for layer in report.layers:
+        assert layer.sparsity == pytest.approx(int(layer.shape[1] * layer.target_sparsity) / layer.shape[1])
+    model, tokenizer = tiny_model("llama")
+    assert tfprune.prune(model, tokenizer, PruneConfig(method="random", **SMALL), progress=False).sparsity == 0.5
+
+
+def test_pruning_is_reproducible(tiny_model):
+    results = []
+    for _ in range(2):
+        model, tokenizer = tiny_model("xglm")
+        tfprune.prune(model, tokenizer, PruneConfig(**SMALL), progress=False)
+        results.append([weight_matrix(m).clone() for b in decoder_layers(model) for m in find_linears(b).values()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
