@@ -1,26 +1,17 @@
-import functools
-
 import pytest
 import torch
 
-from tfprune.builtin import build_model
+from kernel_testing import import_triton_for_cpu
 
+import_triton_for_cpu()  # before anything imports transformers (which imports triton): see kernel_testing
 
-@functools.lru_cache(maxsize=None)
-def _state(family: str):
-    model, tokenizer = build_model(family)
-    return model.state_dict(), tokenizer
+from tfprune.builtin import build_model  # noqa: E402
 
 
 @pytest.fixture
 def tiny_model():
-    """Factory: a fresh built-in model of a family (weights cached, so every call starts identical)."""
-
-    def make(family: str = "llama"):
-        model, _ = build_model(family)
-        return model, _state(family)[1]
-
-    return make
+    """Factory: a fresh built-in (model, tokenizer) of a family; seeded, so every call gives the same weights."""
+    return build_model
 
 
 @pytest.fixture(autouse=True)

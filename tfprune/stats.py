@@ -63,11 +63,7 @@ class ChannelStats:
 
     def update(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> None:
         """Add a batch of activations x: [T, C] (token_mask: [T] bool, True = real token)."""
-        sumsq, maxabs, count, n = ops.channel_stats(x, self.tau, token_mask)
-        self.sumsq += sumsq.to(self.sumsq.device, torch.float64)
-        torch.maximum(self.maxabs, maxabs.to(self.maxabs.device), out=self.maxabs)
-        self.count += count.to(self.count.device)
-        self.n += n.to(self.n.device)
+        ops.accumulate_channel_stats_(x, self.tau, token_mask, self.sumsq, self.maxabs, self.count, self.n)
 
     @property
     def norm(self) -> torch.Tensor:
