@@ -29,7 +29,8 @@ if os.environ.get("TFPRUNE_NO_EXT") != "1":
             "tfprune._C",
             sources + cuda_sources,
             include_dirs=[os.path.abspath("csrc")],
-            extra_compile_args={"cxx": cxx_flags + ["-DTFPRUNE_WITH_CUDA"], "nvcc": ["-O3", "-DTFPRUNE_WITH_CUDA"]},
+            extra_compile_args={"cxx": cxx_flags + ["-DTFPRUNE_WITH_CUDA"],
+                                "nvcc": ["-O3", "-std=c++17", "-DTFPRUNE_WITH_CUDA"]},
             extra_link_args=["-fopenmp"],
         )
     else:

@@ -38,10 +38,13 @@ std::pair<int64_t, int64_t> nm_first_violation(const torch::Tensor& weight, int6
               " is not a multiple of m=", m);
   auto w = weight.contiguous();
   std::pair<int64_t, int64_t> result;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "nm_first_violation", [&] {
-    result = first_violation<scalar_t>(w.data_ptr<scalar_t>(), w.size(0), w.size(1), static_cast<int>(n),
-                                       static_cast<int>(m));
-  });
+  const auto run = [&](auto* data) {
+    result = first_violation(data, w.size(0), w.size(1), static_cast<int>(n), static_cast<int>(m));
+  };
+  AT_DISPATCH_SWITCH(w.scalar_type(), "nm_first_violation",
+                     AT_DISPATCH_CASE_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kFloat8_e4m3fn,
+                                                          [&] { run(w.data_ptr<scalar_t>()); })
+                         AT_DISPATCH_CASE(at::kChar, [&] { run(w.data_ptr<scalar_t>()); }));
   return result;
 }
 

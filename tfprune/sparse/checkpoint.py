@@ -1,0 +1,204 @@
+"""compressed-tensors' sparse-24-bitmask checkpoints: writing them, and loading them (or dense ones) with
+`from_pretrained`, straight into SparseLinear modules.
+
+Layout (compressed-tensors 0.14.0, the last release with the compressor; llm-compressor writes the same):
+for every compressed linear `<prefix>`, the safetensors hold `<prefix>.shape` (int64 [2, 1], the dense
+shape), `<prefix>.compressed` (the kept values [out, in/2]) and `<prefix>.bitmask` (uint8 [out, ceil(in/8)])
+in place of `<prefix>.weight`; config.json gets
+``quantization_config = {quant_method: "compressed-tensors", version, sparsity_config: {format:
+"sparse-24-bitmask", sparsity_structure: "2:4", global_sparsity, targets: ["Linear"], ignore: [the linears
+left dense]}, transform_config: {}}``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import TfpruneError
+from .formats import PackedWeight, SparseFormatError, _nonzero, pack
+from .linear import SparseLinear, skip_reason
+
+__all__ = ["save_compressed_tensors", "from_pretrained", "SPARSITY_FORMAT", "COMPRESSED_PARAMS"]
+
+log = logging.getLogger("tfprune")
+
+SPARSITY_FORMAT = "sparse-24-bitmask"
+COMPRESSED_PARAMS = ("shape", "compressed", "bitmask")
+COMPRESSED_TENSORS_VERSION = "0.14.0"  # the format version we write (the compressor's last release)
+
+
+def _compressed_linears(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """({name: nn.Linear or SparseLinear} to write packed, {name: reason} of the nn.Linear left dense)."""
+    packable, dense = {}, {}
+    for name, module in model.named_modules():
+        if isinstance(module, SparseLinear) and module.in_features % 4 == 0:
+            packable[name] = module
+        elif isinstance(module, nn.Linear):
+            reason = skip_reason(module, "bitmask", device="cpu")
+            if reason is None:
+                packable[name] = module
+            else:
+                dense[name] = reason
+    return packable, dense
+
+
+def sparsity_config(ignore: list[str], global_sparsity: float) -> dict:
+    """compressed-tensors' sparsity_config for our sparse-24-bitmask checkpoints."""
+    return {"format": SPARSITY_FORMAT, "sparsity_structure": "2:4", "global_sparsity": global_sparsity,
+            "targets": ["Linear"], "ignore": sorted(ignore)}
+
+
+@torch.no_grad()
+def save_compressed_tensors(model: nn.Module, directory: str | Path) -> dict[str, str]:
+    """Write `model` to `directory` (save_pretrained, safetensors) with every 2:4 nn.Linear packed in
+    compressed-tensors' sparse-24-bitmask format and the sparsity_config in config.json. Returns
+    {name: reason} of the linear layers left dense (lm_head: not 2:4, ...). transformers' Conv1D (GPT-2
+    style) stays dense: its [in, out] weight is not 2:4 along the rows compressed-tensors packs."""
+    directory = Path(directory)
+    packable, dense = _compressed_linears(model)
+    if not packable:
+        raise SparseFormatError("no 2:4-sparse nn.Linear in the model: nothing to write as sparse-24-bitmask "
+                                f"({len(dense)} linear layers left dense)")
+    state = model.state_dict()
+    zeros = total = 0  # over the weights of all linear layers: global_sparsity
+    for name, module in packable.items():
+        if isinstance(module, SparseLinear):
+            packed = pack(module.dense_weight().cpu(), "bitmask")
+            del state[f"{name}.values"], state[f"{name}.meta"]
+        else:
+            packed = pack(module.weight.detach().cpu(), "bitmask")
+            del state[f"{name}.weight"]
+        state[f"{name}.shape"] = torch.tensor(packed.shape).reshape(-1, 1)
+        state[f"{name}.compressed"] = packed.values
+        state[f"{name}.bitmask"] = packed.meta
+        zeros += packed.values.numel() * 2 - int(_nonzero(packed.values).sum())
+        total += packed.values.numel() * 2
+    for name in dense:
+        weight = model.get_submodule(name).weight
+        zeros, total = zeros + int((weight == 0).sum()), total + weight.numel()
+    model.save_pretrained(directory, state_dict=state, safe_serialization=True)
+    config_file = directory / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["quantization_config"] = {
+        "quant_method": "compressed-tensors", "version": COMPRESSED_TENSORS_VERSION,
+        "sparsity_config": sparsity_config(list(dense), zeros / max(total, 1)), "transform_config": {}}
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log.info("compressed-tensors %s: %d linear layers packed, %d left dense", SPARSITY_FORMAT, len(packable),
+             len(dense))
+    return dense
+
+
+def _tensor_files(path: Path) -> dict[str, Path]:
+    """{tensor name: safetensors file} of a checkpoint directory (sharded or not)."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise TfpruneError(f"no safetensors files in {path}")
+    names = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            names.update(dict.fromkeys(handle.keys(), file))
+    return names
+
+
+def _sparsity_format(config: dict, path: Path) -> str | None:
+    """None for a plain checkpoint, else the compressed-tensors sparsity format it uses (checked)."""
+    quant = config.get("quantization_config") or config.get("compression_config")
+    if not quant or quant.get("quant_method") != "compressed-tensors":
+        return None
+    if quant.get("config_groups"):
+        raise TfpruneError(f"{path}: a quantized compressed-tensors checkpoint; tfprune loads the sparse-only "
+                           f"({SPARSITY_FORMAT}) and dense ones")
+    fmt = (quant.get("sparsity_config") or {}).get("format", "dense")
+    if fmt not in (SPARSITY_FORMAT, "dense"):
+        raise TfpruneError(f"{path}: compressed-tensors sparsity format {fmt!r} is not supported "
+                           f"(tfprune loads {SPARSITY_FORMAT})")
+    return fmt
+
+
+def from_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+                    format: str = "cutlass") -> nn.Module:
+    """Load a Hugging Face CausalLM directory. A compressed-tensors sparse-24-bitmask checkpoint (ours, or a
+    sparse-only 2:4 one written by llm-compressor) gets a SparseLinear for every packed weight, loaded
+    straight from the packed tensors (the dense weights are never built on `device`); a dense checkpoint
+    loads as usual. dtype: torch dtype or name (default: as stored). format: the SparseLinears' format,
+    'cutlass' (CUTLASS meta derived from the bitmask on `device`; float16/bfloat16 weights with shapes the
+    layout takes, others stay 'bitmask') or 'bitmask' (kept as stored). Returns the model in eval mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..models import DTYPES
+
+    path, device = Path(path), torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise TfpruneError(f"{path} has no config.json: not a Hugging Face model directory")
+    if _sparsity_format(json.loads(config_file.read_text(encoding="utf-8")), path) is None:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
+        return model.to(device).eval()
+    from accelerate import init_empty_weights
+    from safetensors import safe_open
+
+    config = AutoConfig.from_pretrained(path)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype or getattr(config, "dtype", None))
+    files = _tensor_files(path)
+    prefixes = sorted(name[: -len(".bitmask")] for name in files if name.endswith(".bitmask"))
+    packed_names = {f"{prefix}.{param}" for prefix in prefixes for param in COMPRESSED_PARAMS}
+
+    def load(name: str) -> torch.Tensor:
+        with safe_open(str(files[name]), framework="pt", device=str(device)) as handle:
+            tensor = handle.get_tensor(name)
+        return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+    for prefix in prefixes:
+        missing = [f"{prefix}.{param}" for param in COMPRESSED_PARAMS if f"{prefix}.{param}" not in files]
+        if missing:
+            raise TfpruneError(f"{path}: {prefix} is packed but lacks {', '.join(missing)}")
+        module = model.get_submodule(prefix)
+        shape = tuple(int(v) for v in load(f"{prefix}.shape").flatten().tolist())
+        if not isinstance(module, nn.Linear) or shape != (module.out_features, module.in_features):
+            raise TfpruneError(f"{path}: packed weight {prefix} {shape} does not fit the model's {module}")
+        values = load(f"{prefix}.compressed")
+        packed = PackedWeight("bitmask", shape, values.dtype, values, load(f"{prefix}.bitmask"))
+        bias = load(f"{prefix}.bias") if f"{prefix}.bias" in files else None
+        parent_name, _, child = prefix.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child,
+                _sparse_linear(packed, bias, format, device))
+    state = {name: load(name) for name in files if name not in packed_names
+             and not any(name == f"{prefix}.bias" for prefix in prefixes)}
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    missing = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if missing:
+        raise TfpruneError(f"{path}: the checkpoint lacks {', '.join(missing[:5])}"
+                           f"{' ...' if len(missing) > 5 else ''}")
+    try:
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    except OSError:  # no generation_config.json: keep the one from_config derived
+        pass
+    log.info("loaded %s: %d SparseLinear layers (%s)", path, len(prefixes), format)
+    return model.to(device).eval()
+
+
+def _sparse_linear(packed: PackedWeight, bias, format: str, device: torch.device) -> SparseLinear:
+    """A SparseLinear of a loaded bitmask weight in `format` where the weight fits it, else as stored."""
+    if format == "cutlass" and packed.dtype in (torch.float16, torch.bfloat16) and not (
+            packed.shape[0] % 32 or packed.shape[1] % 32):
+        from .formats import to_cutlass
+
+        packed = to_cutlass(packed)
+    elif format not in ("cutlass", "bitmask"):
+        raise SparseFormatError(f"unknown 2:4 format {format!r}: choose 'cutlass' or 'bitmask'")
+    return SparseLinear(packed, bias)
