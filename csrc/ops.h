@@ -2,6 +2,8 @@
 #pragma once
 #include <torch/extension.h>
 
+#include <string>
+#include <tuple>
 #include <utility>
 
 namespace tfprune {
@@ -9,5 +11,29 @@ namespace tfprune {
 // First (row, group) of `weight` (out, in) whose group of m input weights holds more than n
 // non-zeros, or (-1, -1) when the matrix is n:m sparse.
 std::pair<int64_t, int64_t> nm_first_violation(const torch::Tensor& weight, int64_t n, int64_t m);
+
+// 2:4 formats (sparse24.cpp; format "cutlass" | "bitmask"). Each returns its outputs and `ok`, a 0-dim
+// bool tensor on the input's device, false when a group is invalid.
+// dense (rows, cols) -> (values (rows, cols/2), meta: reordered int16/int32 cutlass meta or uint8 bitmask, ok).
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> sparse24_pack(const torch::Tensor& weight,
+                                                                      const std::string& format);
+// (values, meta) -> (dense (rows, 2 * values.size(1)), ok).
+std::tuple<torch::Tensor, torch::Tensor> sparse24_unpack(const torch::Tensor& values, const torch::Tensor& meta,
+                                                         const std::string& format);
+// bitmask (rows, cols/8) -> (reordered int16 cutlass meta (rows, cols/16), ok); the values stay as they are.
+std::tuple<torch::Tensor, torch::Tensor> sparse24_bitmask_to_cutlass_meta(const torch::Tensor& bitmask);
+
+// decode24: tfprune's decode layout of 2:4 weights and its few-row matmul (decode24_cpu.cpp; layout in
+// decode24_core.h). weight (N, K) -> (values (N, K/2), codes uint8 (N, ceil(K/8))).
+std::tuple<torch::Tensor, torch::Tensor> decode24_pack(const torch::Tensor& weight);
+// (values, codes or, with bitmask, compressed-tensors' bitmask) -> dense (N, K).
+torch::Tensor decode24_unpack(const torch::Tensor& values, const torch::Tensor& codes, bool bitmask);
+// y (M, N) = x (M <= 16, K) @ W^T (+ bias), fp32 accumulation; impl: auto | gather | expand | bcast | dpbf16 |
+// portable.
+torch::Tensor decode24_linear(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& codes,
+                              const c10::optional<torch::Tensor>& bias, bool bitmask,
+                              c10::optional<at::ScalarType> out_dtype, const std::string& impl);
+// "avx512bf16" (dpbf16 for bf16, AVX2 kernels otherwise), "avx2" or "portable": the best kernels this CPU runs.
+std::string decode24_isa();
 
 }  // namespace tfprune

@@ -11,6 +11,7 @@ from .errors import (CalibrationError, ConfigError, NonFiniteActivationError, Ou
                      UnsupportedArchitectureError)
 from .io import save_pruned
 from .report import LayerReport, PruneReport
+from .sparse import from_pretrained, sparsify
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,8 @@ __all__ = [
     "builtin_corpus",
     "load_corpus",
     "save_pruned",
+    "sparsify",
+    "from_pretrained",
     "TfpruneError",
     "ConfigError",
     "CalibrationError",

@@ -1,4 +1,4 @@
-"""The `tfprune` command line: prune | inspect."""
+"""The `tfprune` command line: prune | inspect | bench | eval | analyze."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="local HF directory, hub id, or builtin:llama|bloom|xglm|gpt2|opt|mistral|qwen2")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    p.add_argument("--method", default="wanda", choices=["wanda", "magnitude", "contrastive", "random"])
+    p.add_argument("--method", default="wanda", choices=["wanda", "magnitude", "contrastive", "random", "sparsegpt"])
+    p.add_argument("--update", default=None, choices=["obs", "none"],
+                   help="obs: SparseGPT's OBS weight update after masking (default: obs for sparsegpt, else none)")
+    p.add_argument("--dampening", type=float, default=0.01, help="OBS: fraction of mean(diag H) added to diag H")
+    p.add_argument("--blocksize", type=int, default=128, help="OBS: columns per block (N:M: rounded down to a multiple of M)")
     p.add_argument("--sparsity", type=float, default=None, help="fraction pruned per row (default 0.5; N:M fixes it)")
     p.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M, e.g. 2:4")
     p.add_argument("--protect", default=None, help="retain channels: 'topk:0.5%%' or 'int8:6.0[:0.06]'")
@@ -39,10 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper: 4-shot X->English, 100 samples, 512 tokens, the paper's 14 languages")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: the checkpoint's)")
+    p.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None,
+                   help="prune layer by layer from the safetensors, resumably (default: when the model would not "
+                        "fit the device's free memory)")
+    p.add_argument("--max-memory", default=None,
+                   help="streaming: activation budget, SIZE for the device or device=SIZE,host=SIZE (default: free)")
+    p.add_argument("--shard-size", default="5GB", help="streaming: most tensor bytes per output shard")
+    p.add_argument("--format", default="dense", choices=["dense", "compressed-tensors"],
+                   help="dense: masked dense weights; compressed-tensors: 2:4 linears packed as sparse-24-bitmask "
+                        "(needs --pattern 2:4; load with tfprune.from_pretrained)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
 
     i = sub.add_parser("inspect", help="summarize a directory written by `tfprune prune`")
     i.add_argument("path")
+
+    from . import analysis
+    from .bench import command as bench_command
+    from .evaluation import command as eval_command
+
+    bench_command.add_parser(sub)
+    eval_command.add_parser(sub)
+    analysis.add_parser(sub)
     return parser
 
 
@@ -51,7 +72,8 @@ def _config_from_args(args):
 
     options = dict(method=args.method, sparsity=args.sparsity, pattern=args.pattern, protect=args.protect,
                    nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, shots=args.shots,
-                   direction=args.direction, batch_size=args.batch_size,
+                   direction=args.direction, batch_size=args.batch_size, update=args.update,
+                   dampening=args.dampening, blocksize=args.blocksize,
                    langs=tuple(args.langs.split(",")) if args.langs else None)
     if args.owl:
         try:
@@ -96,14 +118,39 @@ def cmd_prune(args) -> int:
         raise TfpruneError(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise TfpruneError("--device cuda was asked for, but torch sees no CUDA device")
+    if args.format == "compressed-tensors" and config.nm != (2, 4):
+        raise TfpruneError(f"--format compressed-tensors writes 2:4 weights: it needs --pattern 2:4, got {args.pattern}")
     calib = _calibration_source(args.calib, config.langs)
     contrast = _calibration_source(args.contrast, config.langs) if args.contrast else None
+    if args.streaming or (args.streaming is None and _should_stream(args)):
+        return _cmd_prune_streaming(args, config, calib, contrast)
     model, tokenizer = load_model(args.model, args.dtype, args.device)
     report = prune(model, tokenizer, config, calib=calib, contrast_calib=contrast, progress=not args.quiet)
     save_pruned(model, tokenizer, args.out, config, report, overwrite=args.overwrite,
-                extra={"model": args.model, "calib": args.calib})
+                extra={"model": args.model, "calib": args.calib}, format=args.format)
     if not args.quiet:
         print(report.table())
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _should_stream(args) -> bool:
+    from .engine.streaming import should_stream
+
+    return should_stream(args.model, args.device, args.dtype)
+
+
+def _cmd_prune_streaming(args, config, calib, contrast) -> int:
+    from .engine.streaming import prune_streaming
+
+    report, summary = prune_streaming(args.model, args.out, config, calib=calib, contrast_calib=contrast,
+                                      device=args.device, dtype=args.dtype, max_memory=args.max_memory,
+                                      shard_size=args.shard_size, output_format=args.format,
+                                      overwrite=args.overwrite, progress=not args.quiet,
+                                      extra={"model": args.model, "calib": args.calib})
+    if not args.quiet:
+        print(report.table())
+    print(summary.line())
     print(f"wrote {args.out}")
     return 0
 
@@ -115,11 +162,30 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench.command import run
+
+    return run(args)
+
+
+def cmd_eval(args) -> int:
+    from .evaluation.command import run
+
+    return run(args)
+
+
+def cmd_analyze(args) -> int:
+    from .analysis import run
+
+    return run(args)
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return {"prune": cmd_prune, "inspect": cmd_inspect}[args.command](args)
+        return {"prune": cmd_prune, "inspect": cmd_inspect, "bench": cmd_bench, "eval": cmd_eval,
+                "analyze": cmd_analyze}[args.command](args)
     except TfpruneError as error:
         print(f"tfprune: error: {error}", file=sys.stderr)
         return 2

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["PruneConfig", "ProtectRule", "METHODS", "DIRECTIONS", "PAPER_LANGS", "parse_pattern"]
+__all__ = ["PruneConfig", "ProtectRule", "METHODS", "UPDATES", "DIRECTIONS", "PAPER_LANGS", "parse_pattern"]
 
-METHODS = ("wanda", "magnitude", "contrastive", "random")
+METHODS = ("wanda", "magnitude", "contrastive", "random", "sparsegpt")
+UPDATES = ("none", "obs")
 DIRECTIONS = ("x2en", "en2x", "mono")
 # Languages of the paper's calibration (authors' code, FLORES-200 dev), English is the pivot.
 PAPER_LANGS = ("ar", "bg", "de", "el", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
@@ -67,7 +68,8 @@ class PruneConfig:
     """Options of one pruning run.
 
     method:     score of a weight: 'wanda' |W_ij|·‖X_j‖₂ (the paper's method with translation calibration),
-                'magnitude' |W_ij|, 'contrastive' |W_ij|·‖X^mt_j‖²/‖X^contrast_j‖, 'random' (seeded).
+                'magnitude' |W_ij|, 'contrastive' |W_ij|·‖X^mt_j‖²/‖X^contrast_j‖, 'random' (seeded),
+                'sparsegpt' (SparseGPT's OBS selection, w²/[(H+λI)⁻¹]_jj, with its weight update).
     sparsity:   fraction of weights removed per output row, in [0, 1); None = 0.5, or 1 - N/M for N:M.
     pattern:    'unstructured' (per-row) or 'N:M' along the input dimension (every M keep exactly N).
     protect:    None, 'topk:P%' or 'int8:TAU[:FRACTION]' (see ProtectRule): channels never pruned.
@@ -77,6 +79,10 @@ class PruneConfig:
     owl:        (M, lambda) for OWL layerwise sparsity (unstructured only), None for uniform.
     tau:        threshold of the |x| > τ count statistic (taken from an 'int8' protect rule if given).
     batch_size: calibration prompts per forward pass; report_topk: large-magnitude channels reported per layer.
+    update:     'obs' corrects the kept weights by SparseGPT's OBS update (H = XᵀX of the translation stream),
+                'none' only zeroes; None = 'obs' for method 'sparsegpt', else 'none'.
+    dampening:  λ = dampening · mean(diag H) added to diag H (more on Cholesky failure); blocksize: columns per
+                OBS block (for N:M rounded down to a multiple of M, at least M: see obs_blocksize).
     """
 
     method: str = "wanda"
@@ -93,6 +99,9 @@ class PruneConfig:
     tau: float = 6.0
     batch_size: int = 8
     report_topk: int = 8
+    update: str | None = None
+    dampening: float = 0.01
+    blocksize: int = 128
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -129,11 +138,29 @@ class PruneConfig:
             object.__setattr__(self, "owl", tuple(float(v) for v in self.owl))
         if not (self.tau > 0 and math.isfinite(self.tau)):
             raise ConfigError(f"tau must be a positive number, got {self.tau}")
+        if self.update is None:
+            object.__setattr__(self, "update", "obs" if self.method == "sparsegpt" else "none")
+        if self.update not in UPDATES:
+            raise ConfigError(f"update must be one of {', '.join(UPDATES)}, got {self.update!r}")
+        if self.method == "sparsegpt" and self.update != "obs":
+            raise ConfigError("method 'sparsegpt' selects weights by the OBS update: it needs update='obs'")
+        if isinstance(self.dampening, bool) or not (isinstance(self.dampening, (int, float)) and self.dampening > 0
+                                                    and math.isfinite(self.dampening)):
+            raise ConfigError(f"dampening must be a positive number (fraction of mean diag H), got {self.dampening!r}")
+        if isinstance(self.blocksize, bool) or not (isinstance(self.blocksize, int) and self.blocksize >= 1):
+            raise ConfigError(f"blocksize must be a positive integer, got {self.blocksize!r}")
 
     @property
     def nm(self) -> tuple[int, int] | None:
         """(N, M) for an N:M pattern, None for unstructured."""
         return parse_pattern(self.pattern)
+
+    @property
+    def obs_blocksize(self) -> int:
+        """Columns per OBS block: blocksize, for N:M rounded down to a multiple of M (at least M), so that no
+        N:M group straddles two blocks."""
+        nm = self.nm
+        return self.blocksize if nm is None else max(nm[1], self.blocksize - self.blocksize % nm[1])
 
     @property
     def protect_rule(self) -> ProtectRule | None:

@@ -7,6 +7,9 @@ __all__ = [
     "NonFiniteActivationError",
     "UnsupportedArchitectureError",
     "OutputExistsError",
+    "RunMismatchError",
+    "HessianError",
+    "BackendError",
 ]
 
 
@@ -32,3 +35,15 @@ class UnsupportedArchitectureError(TfpruneError):
 
 class OutputExistsError(TfpruneError):
     """The output directory exists and is not empty (pass overwrite=True / --overwrite)."""
+
+
+class RunMismatchError(OutputExistsError):
+    """A streaming run's partial output was started by a different command (options, model or calibration)."""
+
+
+class HessianError(TfpruneError):
+    """The OBS update (SparseGPT) could not factorize H even with more dampening, or its result overflowed."""
+
+
+class BackendError(TfpruneError):
+    """TFPRUNE_BACKEND asks for a backend that cannot run here (e.g. Triton without a GPU or interpreter)."""

@@ -8,11 +8,12 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .errors import OutputExistsError
+from .errors import OutputExistsError, TfpruneError
 
-__all__ = ["check_output_dir", "atomic_output_dir", "save_pruned", "REPORT_FILE"]
+__all__ = ["check_output_dir", "atomic_output_dir", "commit_output_dir", "save_pruned", "REPORT_FILE", "SAVE_FORMATS"]
 
 REPORT_FILE = "tfprune.json"
+SAVE_FORMATS = ("dense", "compressed-tensors")
 
 
 def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
@@ -35,24 +36,41 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False):
     tmp.mkdir()
     try:
         yield tmp
-        _fsync_dir(tmp)
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, trash)
-            os.replace(tmp, out)
-            shutil.rmtree(trash)
-        else:
-            os.replace(tmp, out)
+        commit_output_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def commit_output_dir(tmp: str | Path, out: str | Path) -> Path:
+    """fsync every file of the finished temporary directory `tmp`, then make it `out` by renames (an existing
+    `out` is moved aside first and removed last): `out` is the complete new output or the old one."""
+    tmp, out = Path(tmp), Path(out)
+    _fsync_dir(tmp)
+    if out.exists():
+        trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, trash)
+        os.replace(tmp, out)
+        shutil.rmtree(trash)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
 def save_pruned(model, tokenizer, out: str | Path, config=None, report=None, overwrite: bool = False,
-                extra: dict | None = None) -> Path:
-    """Write model (safetensors), config, tokenizer and tfprune.json (config + report) to `out` atomically."""
+                extra: dict | None = None, format: str = "dense") -> Path:
+    """Write model (safetensors), config, tokenizer and tfprune.json (config + report) to `out` atomically.
+    format: 'dense' (masked dense weights) or 'compressed-tensors' (2:4 linears packed as sparse-24-bitmask,
+    see tfprune.sparse.checkpoint)."""
+    if format not in SAVE_FORMATS:
+        raise TfpruneError(f"format must be one of {', '.join(SAVE_FORMATS)}, got {format!r}")
     with atomic_output_dir(out, overwrite) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if format == "compressed-tensors":
+            from .sparse.checkpoint import save_compressed_tensors
+
+            save_compressed_tensors(model, tmp)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         record = {"config": None if config is None else config.to_dict(),

@@ -1,0 +1,305 @@
+"""2:4 decode kernels (tfprune.decode24; csrc/decode24_*.{h,cpp}; kernels/sparse24_decode.py) against F.linear
+on the unpacked weight: the layout's bytes, every CPU kernel, the Triton kernel under the interpreter, the
+errors for inputs the kernels do not take, and SparseLinear's dispatch."""
+import importlib
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tfprune import decode24
+from tfprune._ext import extension
+
+needs_ext = pytest.mark.skipif(extension is None or not hasattr(extension, "decode24_linear"),
+                               reason="tfprune._C with decode24 not built")
+ISA = extension.decode24_isa() if extension is not None and hasattr(extension, "decode24_isa") else "portable"
+IMPLS = ["auto", "portable"] + (["gather", "expand", "bcast"] if ISA in ("avx2", "avx512bf16") else []) + \
+    (["dpbf16"] if ISA == "avx512bf16" else [])
+
+
+def takes(impl, m, wdtype=torch.bfloat16, xdtype=torch.bfloat16):
+    """Whether the CPU kernel `impl` takes M = m rows of xdtype x on wdtype weights."""
+    return not (impl == "gather" and m > 4) and not (impl == "dpbf16" and (wdtype, xdtype) != (torch.bfloat16,) * 2)
+
+
+def sparse24(rows, cols, dtype=torch.bfloat16, seed=0):
+    """A random 2:4 weight with a few all-zero and one-non-zero groups (torch's fixed codes) and a -0.0."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g)
+    keep = torch.rand(rows, cols // 4, 4, generator=g).argsort(-1) < 2
+    w = w.masked_fill(~keep.reshape(rows, cols), 0.0)
+    w[0, :4] = 0.0
+    if cols >= 8:
+        w[0, 4:8] = torch.tensor([0.0, 0.0, 0.0, 1.5])
+    w[-1, -4:] = torch.tensor([-0.0, 2.0, 0.0, 0.0])
+    return w.to(dtype)
+
+
+def rel_err(y, ref):
+    y, ref = y.detach().float(), ref.detach().float()
+    return float((y - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def reference(x, w, bias=None):
+    return F.linear(x.float(), w.float(), None if bias is None else bias.float())
+
+
+def bitmask_of(w):
+    """compressed-tensors' bitmask of a weight whose groups all hold exactly two non-zeros."""
+    return torch.from_numpy(np.packbits((w != 0).numpy(), axis=1, bitorder="little"))
+
+
+# --------------------------------------------------------------------------------------------- layout
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("rows,cols", [(1, 4), (37, 100), (64, 128), (5, 1028)])
+def test_pack_matches_reference_and_round_trips(dtype, rows, cols):
+    w = sparse24(rows, cols, dtype)
+    packed, ref = decode24.pack(w), decode24.pack_ref(w)
+    assert torch.equal(packed.values.view(torch.uint8), ref.values.view(torch.uint8))
+    assert torch.equal(packed.codes, ref.codes) and packed.codes.shape == (rows, -(-cols // 8))
+    dense = decode24.unpack(packed)
+    assert torch.equal(dense, w) and not dense[dense == 0].signbit().any()  # zeros are +0.0 (-0.0 counts as zero)
+    assert packed.nbytes == rows * cols // 2 * w.element_size() + rows * -(-cols // 8)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_values_are_torch_cutlass_values_and_codes_its_meta_before_reordering(dtype):
+    from torch.sparse._semi_structured_conversions import sparse_semi_structured_from_dense_cutlass
+
+    w = sparse24(64, 128, dtype)
+    packed = decode24.pack(w)
+    values, _meta = sparse_semi_structured_from_dense_cutlass(w)
+    assert torch.equal(packed.values.view(torch.int16), values.view(torch.int16))
+    # code nibble i0 | i1 << 2 of group g: the (i0, i1) torch kept, in index order
+    nibbles = torch.stack([packed.codes & 15, packed.codes >> 4], -1).reshape(64, -1).long()
+    assert ((nibbles & 3) < (nibbles >> 2)).all()
+    assert nibbles[0, 0] == (2 | 3 << 2) and nibbles[0, 1] == (2 | 3 << 2)  # torch's codes of 0 / 1 non-zero(s)
+
+
+@needs_ext
+def test_pack_errors():
+    w = sparse24(8, 32)
+    w[5, 9:12] = 1.0  # group 2 of row 5 holds 3 non-zeros
+    with pytest.raises(ValueError, match="row 5, group 2"):
+        decode24.pack(w)
+    with pytest.raises(ValueError, match="row 5, group 2"):
+        decode24.pack_ref(w)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        decode24.pack(torch.zeros(4, 6))
+    with pytest.raises(ValueError, match="2-D"):
+        decode24.pack(torch.zeros(8))
+
+
+# ------------------------------------------------------------------------------------------ CPU kernel
+
+
+@needs_ext
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("wdtype,xdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                                           (torch.bfloat16, torch.float32), (torch.float32, torch.float32)])
+def test_cpu_linear_all_rows(impl, wdtype, xdtype):
+    """M = 1..16, odd N, K with tails past the 16-column steps, bias and none: fp32 accumulation."""
+    n, k = 37, 1060
+    w = sparse24(n, k, wdtype)
+    packed = decode24.pack(w)
+    bias = torch.randn(n).to(wdtype)
+    for m in range(1, 17):
+        if not takes(impl, m, wdtype, xdtype):
+            continue
+        x = torch.randn(m, k).to(xdtype)
+        b = bias if m % 2 else None
+        y = extension.decode24_linear(x, packed.values, packed.codes, b, False, torch.float32, impl)
+        assert rel_err(y, reference(x, w, b)) < 1e-5, (impl, m)
+        y16 = extension.decode24_linear(x, packed.values, packed.codes, b, False, None, impl)
+        assert y16.dtype == xdtype
+        assert rel_err(y16, reference(x, w, b)) < (1e-5 if xdtype == torch.float32 else 4e-3)
+
+
+@needs_ext
+@pytest.mark.parametrize("rows,cols", [(1, 4), (3, 12), (129, 20), (7, 4100)])
+def test_cpu_linear_odd_shapes(rows, cols):
+    w = sparse24(rows, cols)
+    packed = decode24.pack(w)
+    for m in (1, 2, 5, 16):
+        x = torch.randn(m, cols, dtype=torch.bfloat16)
+        assert rel_err(decode24.linear(x, packed, out_dtype=torch.float32), reference(x, w)) < 1e-3
+
+
+@needs_ext
+def test_cpu_linear_noncontiguous_and_batched_x():
+    w = sparse24(48, 256)
+    packed = decode24.pack(w)
+    bias = torch.randn(48, dtype=torch.bfloat16)
+    base = torch.randn(256, 6, dtype=torch.bfloat16)
+    x = base.t()  # [6, 256], column-major
+    assert not x.is_contiguous()
+    assert rel_err(decode24.linear(x, packed, bias, out_dtype=torch.float32), reference(x, w, bias)) < 1e-3
+    x3 = torch.randn(2, 3, 512, dtype=torch.bfloat16)[..., ::2]  # [2, 3, 256], stride 2
+    y = decode24.linear(x3, packed, bias)
+    assert y.shape == (2, 3, 48) and y.dtype == torch.bfloat16
+    assert rel_err(y, reference(x3, w, bias)) < 4e-3
+
+
+@needs_ext
+def test_cpu_linear_reads_compressed_tensors_bitmask():
+    w = sparse24(40, 96)
+    w[0, :8] = torch.tensor([0.0, 1.0, 0.0, 2.0, 3.0, 0.0, 0.0, 4.0]).to(w.dtype)  # every group: exactly two
+    w[-1, -4:] = torch.tensor([0.0, 2.0, 0.0, 5.0]).to(w.dtype)
+    packed = decode24.pack(w)
+    bits = bitmask_of(w)
+    as_bitmask = decode24.Decode24Weight(packed.values, bits, packed.shape, bitmask=True)
+    assert torch.equal(decode24.unpack(as_bitmask), w) and torch.equal(decode24._unpack_ref(as_bitmask), w)
+    x = torch.randn(3, 96, dtype=torch.bfloat16)  # K = 96: 3 steps of 32 (dpbf16), 6 of 16, 12 of 8
+    for impl in IMPLS:
+        y = extension.decode24_linear(x, packed.values, bits, None, True, torch.float32, impl)
+        assert rel_err(y, reference(x, w)) < 1e-5, impl
+    if hasattr(extension, "sparse24_pack"):  # the 'bitmask' format of tfprune.sparse runs as it is
+        values, meta, ok = extension.sparse24_pack(w, "bitmask")
+        assert bool(ok) and torch.equal(meta, bits)
+        y = extension.decode24_linear(x, values, meta, None, True, torch.float32, "auto")
+        assert rel_err(y, reference(x, w)) < 1e-5
+
+
+@needs_ext
+def test_cpu_linear_errors():
+    w = sparse24(16, 64)
+    packed = decode24.pack(w)
+    v, c = packed.values, packed.codes
+    x17 = torch.randn(17, 64)
+    with pytest.raises(decode24.DecodeUnsupported, match="M=17 rows"):
+        decode24.linear(x17, packed)
+    assert "M=17" in decode24.unsupported_reason(x17, packed)
+    with pytest.raises(RuntimeError, match="M=17 rows; the decode kernel takes 1..16"):
+        extension.decode24_linear(x17, v, c, None, False, None, "auto")
+    with pytest.raises(RuntimeError, match="x has 60 features"):
+        extension.decode24_linear(torch.randn(1, 60), v, c, None, False, None, "auto")
+    with pytest.raises(RuntimeError, match="codes"):
+        extension.decode24_linear(torch.randn(1, 64), v, c[:, :-1].contiguous(), None, False, None, "auto")
+    with pytest.raises(RuntimeError, match="bias must be"):
+        extension.decode24_linear(torch.randn(1, 64), v, c, torch.zeros(3), False, None, "auto")
+    with pytest.raises(RuntimeError, match="impl must be"):
+        extension.decode24_linear(torch.randn(1, 64), v, c, None, False, None, "fast")
+    with pytest.raises(RuntimeError, match="x must be bfloat16, float16 or float32"):
+        extension.decode24_linear(torch.ones(1, 64, dtype=torch.int32), v, c, None, False, None, "auto")
+    if "gather" in IMPLS:
+        with pytest.raises(RuntimeError, match="gather' takes M <= 4"):
+            extension.decode24_linear(torch.randn(5, 64), v, c, None, False, None, "gather")
+    if "dpbf16" in IMPLS:
+        with pytest.raises(RuntimeError, match="dpbf16' takes bfloat16 x and values"):
+            extension.decode24_linear(torch.randn(2, 64), v, c, None, False, None, "dpbf16")
+    assert decode24.unsupported_reason(torch.randn(2, 64, dtype=torch.float64), packed) is not None
+    assert decode24.linear_ref(torch.randn(2, 64), packed).shape == (2, 16)
+
+
+def test_max_rows_override(monkeypatch):
+    monkeypatch.setenv("TFPRUNE_DECODE_MAX_ROWS", "3")
+    assert decode24.max_rows("cpu") == 3
+    monkeypatch.setenv("TFPRUNE_DECODE_MAX_ROWS", "99")
+    assert decode24.max_rows("cpu") == decode24.MAX_ROWS
+    monkeypatch.setenv("TFPRUNE_DECODE_MAX_ROWS", "x")
+    with pytest.raises(ValueError, match="not an integer"):
+        decode24.max_rows("cpu")
+    monkeypatch.delenv("TFPRUNE_DECODE_MAX_ROWS")
+    assert decode24.max_rows("cpu") == decode24.DEFAULT_MAX_ROWS[f"cpu-{ISA}"]
+
+
+# ------------------------------------------------------------------------------------- SparseLinear
+
+
+@needs_ext
+@pytest.mark.parametrize("fmt", ["cutlass", "bitmask"])
+def test_sparse_linear_dispatch(fmt, monkeypatch):
+    sparse = pytest.importorskip("tfprune.sparse")
+    if not hasattr(sparse.SparseLinear, "_decode_kernel"):
+        pytest.skip("SparseLinear without the decode dispatch")
+    linear = torch.nn.Linear(128, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(sparse24(64, 128))
+        linear.weight[0, :8] = torch.tensor([0.0, 1.0, 0.0, 2.0, 3.0, 0.0, 0.0, 4.0])  # bitmask: two a group
+    module = sparse.SparseLinear.from_linear(linear, format=fmt)
+    monkeypatch.setenv("TFPRUNE_DECODE_MAX_ROWS", "4")
+    calls = []
+    original = decode24.linear
+    monkeypatch.setattr(decode24, "linear", lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
+    for shape in [(1, 128), (2, 2, 128), (5, 128), (20, 128)]:
+        x = torch.randn(*shape, dtype=torch.bfloat16)
+        with torch.no_grad():
+            y = module(x)
+        assert y.shape == (*shape[:-1], 64)
+        assert rel_err(y, reference(x, linear.weight, linear.bias)) < 4e-3
+    assert calls == [(1, 128), (2, 2, 128)]  # 5 and 20 rows: above the crossover, the dense path
+    if fmt == "bitmask":
+        assert module._decoded.codes.data_ptr() == module.meta.data_ptr()  # read in place
+    assert module._decoded.values.data_ptr() == module.values.data_ptr()
+
+
+# ------------------------------------------------------------------------------- Triton (interpreted)
+
+
+@pytest.fixture(scope="module")
+def triton_decode():
+    """kernels/sparse24_decode.py, on CUDA when there is a GPU, else interpreted on CPU tensors."""
+    pytest.importorskip("triton")
+    from kernel_testing import DEVICE, load_kernels
+
+    load_kernels()  # triton's own functions in interpreter mode on CPU (or a skip)
+    previous = os.environ.get("TRITON_INTERPRET")
+    if DEVICE == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        module = importlib.import_module("tfprune.kernels.sparse24_decode")
+        if DEVICE == "cpu" and not module._common.INTERPRETED:
+            module = importlib.reload(sys.modules["tfprune.kernels.sparse24_decode"])
+    finally:
+        if previous is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+    return module, DEVICE
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,k,m,split_k,bias", [(37, 100, 1, None, True), (64, 512, 16, None, False),
+                                                (33, 1028, 5, 3, True), (100, 260, 7, 2, False)])
+def test_triton_decode(triton_decode, monkeypatch, dtype, n, k, m, split_k, bias):
+    kernel, device = triton_decode
+    if device == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    w = sparse24(n, k, dtype)
+    packed = decode24.pack_ref(w)
+    x = torch.randn(m, k).to(dtype)
+    b = torch.randn(n).to(dtype) if bias else None
+    args = [t.to(device) if t is not None else None for t in (x, packed.values, packed.codes, b)]
+    y = kernel.sparse24_decode_linear(*args, out_dtype=torch.float32, split_k=split_k)
+    assert rel_err(y.cpu(), reference(x, w, b)) < 1e-3
+    y16 = kernel.sparse24_decode_linear(*args, split_k=split_k)
+    assert y16.dtype == dtype and rel_err(y16.cpu(), reference(x, w, b)) < 4e-3
+    assert torch.equal(kernel.unpack_ref(packed.values, packed.codes), w)
+
+
+def test_triton_decode_bitmask_noncontiguous_and_errors(triton_decode, monkeypatch):
+    kernel, device = triton_decode
+    if device == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    w = sparse24(24, 64, torch.float16)
+    w[0, :8] = torch.tensor([0.0, 1.0, 0.0, 2.0, 3.0, 0.0, 0.0, 4.0])
+    w[-1, -4:] = torch.tensor([0.0, 2.0, 0.0, 5.0])
+    packed = decode24.pack_ref(w)
+    x = torch.randn(64, 3, dtype=torch.float16).t()  # non-contiguous [3, 64]
+    y = kernel.sparse24_decode_linear(x.to(device), packed.values.to(device), bitmask_of(w).to(device), bitmask=True,
+                                      out_dtype=torch.float32)
+    assert rel_err(y.cpu(), reference(x, w)) < 1e-3
+    v, c = packed.values.to(device), packed.codes.to(device)
+    with pytest.raises(ValueError, match="M=17 rows"):
+        kernel.sparse24_decode_linear(torch.randn(17, 64, dtype=torch.float16, device=device), v, c)
+    with pytest.raises(ValueError, match="fp16/bf16"):
+        kernel.sparse24_decode_linear(torch.randn(2, 64, device=device), v, c)
+    with pytest.raises(ValueError, match="codes"):
+        kernel.sparse24_decode_linear(torch.randn(2, 64, dtype=torch.float16, device=device), v, c[:, :4])
