@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m pytest -q benchmarks --benchmark-only
+	$(PY) -m pytest -q benchmarks -o python_files='bench_*.py' --benchmark-only
 
 clean:
 	rm -rf build *.egg-info tfprune/_C*.so demo-out

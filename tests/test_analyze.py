@@ -12,12 +12,7 @@ from tfprune.calib import tokenize_prompts
 from tfprune.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_analysis_finds_planted_channels(tiny_model):

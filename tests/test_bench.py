@@ -22,12 +22,7 @@ TIMING_FIELDS = {"median_ms", "stats", "samples_ms"}
 STATS_FIELDS = {"median", "mean", "min", "max", "stddev", "q1", "q3", "iqr", "rounds"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_shapes():

@@ -17,13 +17,7 @@ from tfprune.evaluation import (MARC2, XNLI, EvalConfig, Task, build_report, cho
                                 run_harness, sample_examples)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine is shared: one BLAS thread is faster than two contending ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_jsonl(path, records):

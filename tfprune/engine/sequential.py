@@ -153,6 +153,12 @@ def prune_linear(name: str, module: nn.Module, stats: dict[str, ChannelStats], c
     if config.update == "obs":
         sparsegpt.sparsegpt_prune_(weight, hessian, keep=keep, blocksize=config.obs_blocksize, name=name)
         ops.apply_mask_(weight, keep)
+    return _layer_report(name, weight, translation, protect, violations, config, sparsity, start)
+
+
+def _layer_report(name: str, weight: torch.Tensor, translation: ChannelStats, protect, violations: int,
+                  config: PruneConfig, sparsity: float, start: float) -> LayerReport:
+    """The report of one pruned linear layer (weight: its pruned [out, in] matrix)."""
     return LayerReport(
         name=name,
         shape=tuple(weight.shape),
@@ -185,16 +191,7 @@ def _prune_linear_sparsegpt(name: str, weight: torch.Tensor, hessian: sparsegpt.
                                         **selection)
     log.debug("%s: OBS loss %.4g, dampening %.3g, %d dead channels", name, result.loss, result.dampening,
               result.dead)
-    return LayerReport(
-        name=name,
-        shape=tuple(weight.shape),
-        target_sparsity=sparsity,
-        sparsity=float((weight == 0).sum()) / weight.numel(),
-        top_channels=top_channels(translation, config.report_topk),
-        protected=[] if protect is None else protect.nonzero().flatten().tolist(),
-        violations=result.violations,
-        seconds=time.perf_counter() - start,
-    )
+    return _layer_report(name, weight, translation, protect, result.violations, config, sparsity, start)
 
 
 @torch.no_grad()
