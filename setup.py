@@ -23,7 +23,7 @@ if os.environ.get("TFPRUNE_NO_EXT") != "1":
         and shutil.which("nvcc") is not None
         and os.environ.get("TFPRUNE_NO_CUDA") != "1"
     )
-    cxx_flags = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx_flags = ["-O3", "-g0", "-fopenmp", "-std=c++17"]  # -g0: no debug info, twice faster builds
     if with_cuda:
         ext = cpp_extension.CUDAExtension(
             "tfprune._C",

@@ -126,3 +126,13 @@ def test_atomic_output_dir_leaves_nothing_on_failure(tmp_path):
 def test_report_table_and_dict():
     report = PruneReport()
     assert "0 layers" in report.table() and report.to_dict()["sparsity"] == 0.0
+
+
+def test_inspect_reads_compressed_tensors_checkpoints(tmp_path, capsys):
+    out = tmp_path / "ct"
+    assert main(["prune", "builtin:llama", "--out", str(out), "--pattern", "2:4", "--format", "compressed-tensors",
+                 *FAST]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "model.layers.1.mlp.down_proj " in text and "14 of 16 weight matrices" in text

@@ -13,18 +13,25 @@ __all__ = ["inspect_dir", "weight_sparsity"]
 
 
 def weight_sparsity(path: str | Path) -> dict[str, float]:
-    """{tensor name: share of zeros} for every 2-D `*.weight` tensor in the directory's safetensors."""
+    """{tensor name: share of zeros} for every 2-D `*.weight` tensor in the directory's safetensors, and for
+    every weight packed in compressed-tensors' sparse-24-bitmask format (named by its prefix)."""
     files = sorted(Path(path).glob("*.safetensors"))
     if not files:
         raise TfpruneError(f"no safetensors files in {path}")
     result = {}
     for file in files:
         with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():
+            names = set(handle.keys())
+            for name in sorted(names):
                 if name.endswith(".weight"):
                     tensor = handle.get_tensor(name)
                     if tensor.dim() == 2:
                         result[name] = float((tensor == 0).sum()) / tensor.numel()
+                elif name.endswith(".compressed") and name[: -len("compressed")] + "shape" in names:
+                    # compressed-tensors sparse-24-bitmask: the kept values; every other weight is zero
+                    prefix = name[: -len(".compressed")]
+                    numel = int(handle.get_tensor(prefix + ".shape").prod())
+                    result[prefix] = 1 - float((handle.get_tensor(name) != 0).sum()) / numel
     return result
 
 
