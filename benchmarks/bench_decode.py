@@ -1,7 +1,8 @@
 """2:4 decode kernels (tfprune.decode24, issue 7) against torch's dense F.linear: few-token GEMMs and end-to-end
 greedy decoding.
 
-    .venv/bin/python benchmarks/bench_decode.py [--quick] [--threads 2] [--reps 31] [--no-e2e] [--json out.json]
+    .venv/bin/python benchmarks/bench_decode.py [--quick] [--threads 2] [--reps 31] [--shapes 4096x4096,...]
+                                                [--no-linear] [--no-e2e] [--json out.json]
 
 CPU, per shape (out × in, bf16) and M = 1, 2, 4, 8, 16 rows of x: the dense F.linear and the decode kernel
 (`auto`, plus each AVX2 kernel by name) are timed side by side in one process, interleaved call by call
@@ -134,6 +135,29 @@ def greedy(model, prompt: torch.Tensor, steps: int) -> tuple[list[int], float]:
     return ids, time.perf_counter() - start
 
 
+@torch.inference_mode()
+def teacher_forced(model, prompt: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """fp32 logits [len(ids), V] of each decode step fed the given tokens (one token a step, as decoding)."""
+    out = model(input_ids=prompt, use_cache=True)
+    cache, logits = out.past_key_values, [out.logits[0, -1].float()]
+    for token in ids[:-1]:
+        out = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        logits.append(out.logits[0, -1].float())
+    return torch.stack(logits)
+
+
+def compare_logits(dense_logits: torch.Tensor, sparse_logits: torch.Tensor) -> dict:
+    """Per-step argmax agreement of the two models on the same tokens; where they differ, the dense model's
+    gap between its top-1 logit and the sparse model's pick (a near-tie when within the logits' difference)."""
+    dense_top, sparse_top = dense_logits.argmax(-1), sparse_logits.argmax(-1)
+    differ = (dense_top != sparse_top).nonzero().flatten().tolist()
+    gaps = [float(dense_logits[i, dense_top[i]] - dense_logits[i, sparse_top[i]]) for i in differ]
+    return {"argmax_agree": int((dense_top == sparse_top).sum()), "steps": len(dense_top),
+            "max_abs_logit_diff": float((dense_logits - sparse_logits).abs().max()),
+            "logit_scale": float(dense_logits.abs().max()), "differing_steps": differ, "dense_gap_at_differences": gaps}
+
+
 def bench_e2e(hidden: int, layers: int, intermediate: int, steps: int, reps: int) -> dict:
     from tfprune.bench.e2e import prune_model_24_, sparsify_copy
     from tfprune.builtin import build_model
@@ -162,13 +186,19 @@ def bench_e2e(hidden: int, layers: int, intermediate: int, steps: int, reps: int
                     sparse_ids = ids
         same = sum(a == b for a, b in zip(dense_ids, sparse_ids))
         first_diff = next((i for i, (a, b) in enumerate(zip(dense_ids, sparse_ids)) if a != b), None)
+        forced = compare_logits(teacher_forced(model, prompt, dense_ids), teacher_forced(sparse, prompt, dense_ids))
         row = {"prompt": text, "dense_tok_s": (steps - 1) / statistics.median(dense_t),
                "sparse_tok_s": (steps - 1) / statistics.median(sparse_t), "same_tokens": same, "tokens": steps,
-               "first_difference": first_diff}
+               "first_difference": first_diff, "teacher_forced": forced,
+               "dense_samples_s": dense_t, "sparse_samples_s": sparse_t}
         row["speedup"] = row["sparse_tok_s"] / row["dense_tok_s"]
         record["prompts"].append(row)
+        gaps = ", ".join(f"{g:.3f}" for g in forced["dense_gap_at_differences"]) or "-"
         print(f"e2e {params / 1e6:.0f}M params, '{text}': dense {row['dense_tok_s']:.2f} tok/s, 2:4 "
-              f"{row['sparse_tok_s']:.2f} tok/s ({row['speedup']:.2f}x), {same}/{steps} tokens identical", flush=True)
+              f"{row['sparse_tok_s']:.2f} tok/s ({row['speedup']:.2f}x); greedy tokens identical {same}/{steps}; "
+              f"teacher-forced argmax {forced['argmax_agree']}/{forced['steps']}, max |dlogit| "
+              f"{forced['max_abs_logit_diff']:.3f} (logits up to {forced['logit_scale']:.1f}), dense top-1 gap where "
+              f"they differ: {gaps}", flush=True)
     return record
 
 
@@ -205,6 +235,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-e2e", action="store_true")
     parser.add_argument("--no-linear", action="store_true")
     parser.add_argument("--no-impls", action="store_true", help="time only the auto choice, not each kernel")
+    parser.add_argument("--shapes", help="out x in list, e.g. 4096x4096,8192x28672 (default: the four LLM shapes)")
     parser.add_argument("--e2e-layers", type=int, default=12)
     parser.add_argument("--e2e-steps", type=int, default=32)
     parser.add_argument("--json", help="write the results here")
@@ -214,6 +245,8 @@ def main(argv=None) -> int:
         return 1
     torch.set_num_threads(args.threads)
     shapes = SHAPES[:2] if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in item.lower().split("x")) for item in args.shapes.split(",")]
     reps = 5 if args.quick else args.reps
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, decode24 ISA {extension.decode24_isa()}, "
           f"load average {os.getloadavg()}, decode24.max_rows(cpu) = {decode24.max_rows('cpu')}")

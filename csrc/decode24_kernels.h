@@ -2,11 +2,12 @@
 // decode layout (decode24_core.h). Host-only and free of torch (decode24_cpu.cpp is the torch shim), so a
 // plain g++ can build them for a micro-benchmark.
 //
-// x is given as fp32 [M, K] (contiguous), the output as fp32 [M, N]; fp32 accumulation throughout. OpenMP
-// over output rows. Kernels:
+// x is given as fp32 [M, K] (row stride ldx; also as bf16 for dpbf16), the output as fp32 [M, N]; fp32
+// accumulation throughout. OpenMP over output rows. Kernels (the AVX2 ones for fp16/fp32, or CPUs without
+// AVX512_BF16; `auto_impl` picks by M, thresholds measured with benchmarks/bench_decode.py):
 //   gather (M <= 4): per 16 columns (two code bytes, 8 values) one table row per code byte gives the lanes
 //     of x holding the kept columns; two vpermps and a blend gather them, one FMA per row of x. Only the
-//     kept half of W is multiplied: the best at M = 1.
+//     kept half of W is multiplied: the best AVX2 kernel at M <= 2.
 //   expand (blocks of up to 8 rows of x): per 8 columns (one code byte, 4 values) one table row maps the 4
 //     values onto 8 dense fp32 lanes (vpermps of the values with a zero lane); one FMA per row of x. The
 //     expansion is shared by the rows of x.
@@ -93,7 +94,7 @@ inline Tables build_tables() {
         const unsigned i0 = t.pair[kind][nibble][0], i1 = t.pair[kind][nibble][1];
         t.gather[kind][byte][2 * half] = static_cast<int32_t>(4 * half + i0);
         t.gather[kind][byte][2 * half + 1] = static_cast<int32_t>(4 * half + i1);
-        for (unsigned j = 0; j < 4; ++j) {  // i1 first: i0 wins when a malformed nibble names one column twice
+        for (unsigned j = 0; j < 4; ++j) {  // i0 wins when a malformed nibble names one column twice
           const unsigned lane = (j == i0) ? 2 * half : (j == i1) ? 2 * half + 1 : 4;
           t.expand[kind][byte][4 * half + j] = static_cast<uint8_t>(lane);
         }
@@ -457,6 +458,7 @@ void run_bcast(const Problem& p, int threads) {
   const int64_t K = p.K, N = p.N, M = p.M, K16 = K / 16 * 16;
   const int64_t KC = MV == 1 ? 768 : 384;  // a block of xt is 24 KiB: it stays in L1 while rows stream by
   auto xt = aligned_buffer<float>(K * MP);
+  (void)threads;  // without OpenMP
 #pragma omp parallel num_threads(threads)
   {
 #ifdef _OPENMP
@@ -521,6 +523,7 @@ void run(const Problem& p, Impl impl, int threads) {
   }
 #endif
   (void)tables();  // built before the parallel region
+  (void)threads;   // without OpenMP
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t n = 0; n < N; ++n) {
 #if TFP_D24_X86
