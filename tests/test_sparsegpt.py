@@ -363,3 +363,18 @@ def test_factor_is_reused_not_recomputed():
     damped = hessian.double() + 0.01 * hessian.diagonal().double().mean() * torch.eye(16, dtype=torch.float64)
     torch.testing.assert_close(factor.u.double().T @ factor.u.double(), torch.linalg.inv(damped),
                                rtol=1e-3, atol=1e-6)
+
+
+
+
+def test_offloaded_hessians_are_solved_on_their_device():
+    from tfprune.sparsegpt import HessianCollector
+
+    x = torch.randn(32, 8)
+    collectors = [HessianCollector(), HessianCollector()]
+    for collector in collectors:
+        collector.hessians["a"], collector.owner["a"] = x.T @ x, "a"
+    assert not collectors[0].offload_if_needed(free_bytes=1)  # H already in host memory: nothing to offload
+    collectors[1]._home = torch.device("cpu")  # as after an offload from the device: H goes back before solving
+    first, second = (collector.pop_factor("a") for collector in collectors)
+    assert torch.equal(first.u, second.u) and torch.equal(first.diag, second.diag)

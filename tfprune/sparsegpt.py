@@ -256,6 +256,7 @@ class HessianCollector:
         self._batch: list[tuple[torch.Tensor, int, str]] = []  # this batch's inputs: (tensor, version, owner)
         self._factors: dict[str, HessianFactor] = {}
         self._users: dict[str, int] = {}
+        self._home: torch.device | None = None  # the compute device of offloaded H, else None
 
     def new_batch(self) -> None:
         """Forget the previous batch's input tensors (call before each forward pass and after the last)."""
@@ -287,6 +288,23 @@ class HessianCollector:
         return (f"H = XᵀX for {len(self.owner)} linears ({len(self.hessians)} distinct inputs: {sizes}): "
                 f"{self.nbytes / 2**20:.1f} MiB fp32")
 
+    def offload_if_needed(self, free_bytes: int | None = None, budget: float = 0.5) -> bool:
+        """Move every H to host memory when together they take more than `budget` of the device's free memory
+        (CUDA's free memory unless free_bytes is given); pop_factor then brings each back to the device alone,
+        so only one H is solved there at a time. Returns whether it offloaded (the caller logs it)."""
+        if not self.hessians:
+            return False
+        device = next(iter(self.hessians.values())).device
+        if device.type == "cpu":
+            return False
+        free = torch.cuda.mem_get_info(device)[0] if free_bytes is None else free_bytes
+        if self.nbytes <= budget * free:
+            return False
+        self._home = device
+        for owner, hessian in self.hessians.items():
+            self.hessians[owner] = hessian.to("cpu")
+        return True
+
     def pop_factor(self, name: str, dampening: float = 0.01, label: str | None = None) -> HessianFactor:
         """The factorization of `name`'s H; computed once per shared H, whose memory is released as soon
         as it is factorized, and the factor when the last linear sharing it has taken it. label: for logs."""
@@ -294,7 +312,9 @@ class HessianCollector:
         if owner is None:
             raise RuntimeError(f"no Hessian for {name}: it received no calibration tokens")
         if owner not in self._factors:
-            self._factors[owner] = factorize(self.hessians.pop(owner), dampening, name=label or owner)
+            hessian = self.hessians.pop(owner)
+            self._factors[owner] = factorize(hessian if self._home is None else hessian.to(self._home), dampening,
+                                             name=label or owner)
             self._users[owner] = sum(1 for other in self.owner.values() if other == owner)
         factor = self._factors[owner]
         self._users[owner] -= 1

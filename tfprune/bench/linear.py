@@ -112,13 +112,17 @@ def sparse_support() -> tuple[bool, str | None]:
     return True, None
 
 
-def sparse_path(out_features: int, in_features: int, dtype: torch.dtype, device: str) -> str | None:
-    """How SparseLinear computes this case: 'kernel' (torch's sparse GEMM), or why it falls back to the
-    unpacked weight; None when tfprune.sparse does not say."""
+def sparse_path(out_features: int, in_features: int, dtype: torch.dtype, device: str,
+                tokens: int | None = None) -> str | None:
+    """How SparseLinear computes this case: 'kernel' (tfprune's 2:4 decode kernel for few tokens, or torch's
+    sparse GEMM), or why it falls back to the unpacked weight; None when tfprune.sparse does not say."""
     try:
+        from .. import decode24
         from ..sparse.linear import kernel_support
     except ImportError:
         return None
+    if tokens is not None and 1 <= tokens <= decode24.max_rows(device):
+        return "kernel"
     reason = kernel_support((out_features, in_features), dtype, device)
     return "kernel" if reason is None else f"unpacked weight + dense GEMM ({reason})"
 
@@ -178,7 +182,7 @@ def bench_linear_case(shape: LinearShape, tokens_list, dtype: torch.dtype, devic
                 row["sparse"] = _timing(time_fn(lambda: sparse(x), warmup, reps, device), flops)
                 row["speedup"] = row["dense"]["median_ms"] / row["sparse"]["median_ms"]
                 row["sparse_status"], row["sparse_reason"] = "measured", None
-                row["sparse_path"] = sparse_path(shape.out_features, shape.in_features, dtype, device)
+                row["sparse_path"] = sparse_path(shape.out_features, shape.in_features, dtype, device, tokens)
             except Exception as error:  # no kernel for this device/dtype/shape: record why
                 row["sparse_status"] = "error"
                 row["sparse_reason"] = f"{type(error).__name__}: {error}"

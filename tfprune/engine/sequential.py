@@ -234,6 +234,9 @@ def prune_block(block: nn.Module, index: int, inputs: list[LayerInput], config: 
     if hessians is not None:
         log.info("block %d: %s on %s, freed after its linears", index, hessians.describe(),
                  next(block.parameters()).device)
+        if hessians.offload_if_needed():
+            log.info("block %d: H offloaded to host memory (more than half the device's free memory); "
+                     "each returns to the device alone to be solved", index)
     reports = []
     for name, module in find_linears(block).items():
         per_stream = {stream: stats[stream][name] for stream in stats}
