@@ -208,6 +208,29 @@ def test_max_rows_override(monkeypatch):
         decode24.max_rows("cpu")
     monkeypatch.delenv("TFPRUNE_DECODE_MAX_ROWS")
     assert decode24.max_rows("cpu") == decode24.DEFAULT_MAX_ROWS[f"cpu-{ISA}"]
+    # against unpacking the weight on every call (no 2:4 GEMM on the device), every winning kernel takes all 16 rows
+    expected = decode24.MAX_ROWS if decode24.DEFAULT_MAX_ROWS[f"cpu-{ISA}"] else 0
+    assert decode24.max_rows("cpu", dense_available=False) == expected
+
+
+@needs_ext
+def test_sparse_linear_on_cpu_takes_up_to_16_rows_on_the_decode_kernel(monkeypatch):
+    sparse = pytest.importorskip("tfprune.sparse")
+    monkeypatch.delenv("TFPRUNE_DECODE_MAX_ROWS", raising=False)
+    if not decode24.DEFAULT_MAX_ROWS[f"cpu-{ISA}"]:
+        pytest.skip("portable CPU kernel: the dispatch never picks it")
+    linear = torch.nn.Linear(64, 32, bias=False).to(torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(sparse24(32, 64))
+    module = sparse.SparseLinear.from_linear(linear, format="bitmask")
+    calls = []
+    original = decode24.linear
+    monkeypatch.setattr(decode24, "linear", lambda *a, **k: calls.append(a[0].shape[0]) or original(*a, **k))
+    for rows in (12, 16, 17):
+        with torch.no_grad():
+            y = module(torch.randn(rows, 64, dtype=torch.bfloat16))
+        assert y.shape == (rows, 32)
+    assert calls == [12, 16]
 
 
 # ------------------------------------------------------------------------------------- SparseLinear

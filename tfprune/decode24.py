@@ -150,8 +150,11 @@ def _unpack_ref(packed: Decode24Weight) -> torch.Tensor:
     return dense.reshape(n, k)
 
 
-def max_rows(device: torch.device | str) -> int:
-    """The crossover for `device`: run the decode kernel for M ≤ this (TFPRUNE_DECODE_MAX_ROWS overrides)."""
+def max_rows(device: torch.device | str, dense_available: bool = True) -> int:
+    """The crossover for `device`: run the decode kernel for M ≤ this (TFPRUNE_DECODE_MAX_ROWS overrides).
+    dense_available=False: the alternative is not a dense GEMM but unpacking the weight on every call (a
+    SparseLinear on a device without a 2:4 GEMM kernel), which every kernel that wins at M = 1 beats up to
+    MAX_ROWS (benchmarks/README.md: 16 tokens, decode kernel 0.6–0.7× dense vs unpack + dense 0.15–0.18×)."""
     env = os.environ.get("TFPRUNE_DECODE_MAX_ROWS", "").strip()
     if env:
         try:
@@ -162,7 +165,8 @@ def max_rows(device: torch.device | str) -> int:
     if kind == "cpu":
         isa = extension.decode24_isa() if extension is not None and hasattr(extension, "decode24_isa") else "portable"
         kind = f"cpu-{isa}"
-    return DEFAULT_MAX_ROWS.get(kind, 0)
+    crossover = DEFAULT_MAX_ROWS.get(kind, 0)
+    return crossover if dense_available or crossover == 0 else MAX_ROWS
 
 
 def unsupported_reason(x: torch.Tensor, packed: Decode24Weight) -> str | None:

@@ -121,9 +121,9 @@ def sparse_path(out_features: int, in_features: int, dtype: torch.dtype, device:
         from ..sparse.linear import kernel_support
     except ImportError:
         return None
-    if tokens is not None and 1 <= tokens <= decode24.max_rows(device):
-        return "kernel"
     reason = kernel_support((out_features, in_features), dtype, device)
+    if tokens is not None and 1 <= tokens <= decode24.max_rows(device, dense_available=reason is None):
+        return "kernel"
     return "kernel" if reason is None else f"unpacked weight + dense GEMM ({reason})"
 
 

@@ -131,7 +131,8 @@ class SparseLinear(nn.Module):
         from .. import decode24
 
         rows = x.numel() // max(1, self.in_features)
-        if not 1 <= rows <= decode24.max_rows(x.device) or x.device != self.values.device or \
+        gemm = kernel_support((self.out_features, self.in_features), self.values.dtype, self.values.device) is None
+        if not 1 <= rows <= decode24.max_rows(x.device, dense_available=gemm) or x.device != self.values.device or \
                 self.values.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             return None
         if self._decoded is None:
