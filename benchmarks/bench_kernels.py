@@ -20,7 +20,6 @@ import argparse
 import os
 import platform
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import pytest
 import torch
 
 from tfprune import ops
+from tfprune.bench.timing import time_fn
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -117,13 +117,7 @@ def time_ms(fns, reps: int) -> float:
         from triton.testing import do_bench
 
         return float(do_bench(work, warmup=25, rep=100, return_mode="median"))
-    fn()
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+    return statistics.median(time_fn(fn, 1, reps))
 
 
 def device_bandwidth_gbps() -> tuple[float, str]:

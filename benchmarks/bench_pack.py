@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 
 import pytest
 import torch
 
 from tfprune import sparse
 from tfprune._ext import extension
+from tfprune.bench.timing import time_fn
 
 SHAPES = [(4096, 4096), (8192, 8192), (8192, 28672)]
 DTYPES = [torch.float16, torch.bfloat16]
@@ -39,29 +39,9 @@ def random_24(rows: int, cols: int, dtype: torch.dtype, device: str = "cpu", see
     return weight.masked_fill(~keep.reshape(rows, cols), 0.0).to(device)
 
 
-def median_ms(fn, reps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
-
-
-def cuda_median_ms(fn, reps: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples = []
-    for _ in range(reps):
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        samples.append(start.elapsed_time(end))
-    return statistics.median(samples)
+def median_ms(fn, reps: int, warmup: int = 1, device: str = "cpu") -> float:
+    """Median milliseconds of fn() (tfprune.bench's timer: CUDA events on the GPU, perf_counter on the CPU)."""
+    return statistics.median(time_fn(fn, warmup, reps, device))
 
 
 def cpu_rows(shapes, dtypes, reps: int, reference_reps: int) -> list[str]:
@@ -103,7 +83,7 @@ def cuda_rows(shapes, dtypes, reps: int) -> list[str]:
     for out_features, in_features in shapes:
         for dtype in dtypes:
             w = random_24(out_features, in_features, dtype, "cuda")
-            ms = cuda_median_ms(lambda: sparse.pack(w, "cutlass"), reps)
+            ms = median_ms(lambda: sparse.pack(w, "cutlass"), reps, device="cuda")
             moved = w.numel() * (2 + 1 + 1 / 8)
             rows.append(f"| {out_features}×{in_features} | {str(dtype).replace('torch.', '')} | {ms:.3f} | "
                         f"{moved / ms / 1e6:.0f} |")

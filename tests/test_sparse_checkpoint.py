@@ -9,11 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 import tfprune
-from tfprune import cli, masks, ops
-from tfprune.engine.adapters import decoder_layers, find_linears, weight_matrix
+from tfprune import cli
 from tfprune.errors import TfpruneError
 from tfprune.io import save_pruned
 from tfprune.sparse import SparseLinear
+
+from sparse_testing import prune_24_
 
 pytestmark = [pytest.mark.filterwarnings("ignore:SparseLinear. no 2.4 sparse kernel"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning:compressed_tensors")]
@@ -24,14 +25,6 @@ def _exact_path(monkeypatch):
     """Logits are compared for equality: SparseLinear takes its unpacked-weight path, not tfprune.decode24's
     few-row kernel (its own fp32 summation order; tests/test_sparse_linear.py checks it is close)."""
     monkeypatch.setenv("TFPRUNE_DECODE_MAX_ROWS", "0")
-
-
-def prune_24_(model):
-    for block in decoder_layers(model):
-        for module in find_linears(block).values():
-            weight = weight_matrix(module)
-            ops.apply_mask_(weight, masks.nm_mask_ref(weight.float().abs(), 2, 4))
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,10 @@ from torch import nn
 
 import tfprune
 from tfprune import masks, ops
-from tfprune.engine.adapters import decoder_layers, find_linears, weight_matrix
+from tfprune.engine.adapters import weight_matrix
 from tfprune.sparse import SparseLinear, SparseFormatError, kernel_support, linear as linear_module
+
+from sparse_testing import prune_24_
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -22,14 +24,6 @@ def pruned_linear(out_features, in_features, dtype=torch.float32, bias=True, see
     weight = layer.weight.data
     ops.apply_mask_(weight, masks.nm_mask_ref(weight.float().abs(), 2, 4))
     return layer
-
-
-def prune_24_(model):
-    for block in decoder_layers(model):
-        for module in find_linears(block).values():
-            weight = weight_matrix(module)
-            ops.apply_mask_(weight, masks.nm_mask_ref(weight.float().abs(), 2, 4))
-    return model
 
 
 @pytest.fixture(autouse=True)
