@@ -1,22 +1,27 @@
 # Set-up from nothing: `make demo` runs the main job on the embedded default, `make test` the tests.
 # Both create .venv, install torch (the CPU build 2.13.0 when no CUDA GPU is present), the package and
-# its C++ extension, then run.
+# its C++ extension, then run. `make test-transformers4` runs the suite again under transformers 4.57
+# in .venv-tf4 (the oldest transformers tfprune supports).
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
+TRANSFORMERS ?= transformers>=4.56,<6
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.tfprune-installed
 PYTEST_ARGS ?=
+# the oracle of compressed-tensors' sparse-24-bitmask format: its last release with the sparse compressor
+COMPRESSED_TENSORS := compressed-tensors==0.14.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-transformers4 bench clean
 
 $(STAMP): setup.py pyproject.toml $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		$(PIP) install -q torch; else $(PIP) install -q torch==2.13.0; fi
-	$(PIP) install -q ninja numpy
-	$(PIP) install -q --no-build-isolation -e ".[dev]"
+	$(PIP) install -q ninja numpy "$(TRANSFORMERS)"
+	$(PIP) install -q --no-build-isolation -e ".[dev]" "$(TRANSFORMERS)"
+	$(PIP) install -q --no-deps $(COMPRESSED_TENSORS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,6 +33,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+test-transformers4:
+	$(MAKE) test VENV=.venv-tf4 TRANSFORMERS="transformers==4.57.6"
 
 bench: $(STAMP)
 	$(PY) -m pytest -q benchmarks -o python_files='bench_*.py' --benchmark-only

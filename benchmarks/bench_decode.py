@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from tfprune import decode24
+from tfprune.compat import forward_with_cache
 from tfprune._ext import extension
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (8192, 28672)]  # (out, in)
@@ -124,13 +125,13 @@ def bench_cpu_linear(shapes, rows, reps: int, impls: bool) -> list[dict]:
 @torch.inference_mode()
 def greedy(model, prompt: torch.Tensor, steps: int) -> tuple[list[int], float]:
     """(generated ids, seconds of the decode steps) after an untimed prefill of prompt [1, P]."""
-    out = model(input_ids=prompt, use_cache=True)
-    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    logits, cache = forward_with_cache(model, prompt)
+    token = logits[:, -1:].argmax(-1)
     ids = [int(token)]
     start = time.perf_counter()
     for _ in range(steps - 1):
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        logits, cache = forward_with_cache(model, token, cache)
+        token = logits[:, -1:].argmax(-1)
         ids.append(int(token))
     return ids, time.perf_counter() - start
 
@@ -138,12 +139,11 @@ def greedy(model, prompt: torch.Tensor, steps: int) -> tuple[list[int], float]:
 @torch.inference_mode()
 def teacher_forced(model, prompt: torch.Tensor, ids: list[int]) -> torch.Tensor:
     """fp32 logits [len(ids), V] of each decode step fed the given tokens (one token a step, as decoding)."""
-    out = model(input_ids=prompt, use_cache=True)
-    cache, logits = out.past_key_values, [out.logits[0, -1].float()]
+    step_logits, cache = forward_with_cache(model, prompt)
+    logits = [step_logits[0, -1].float()]
     for token in ids[:-1]:
-        out = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        logits.append(out.logits[0, -1].float())
+        step_logits, cache = forward_with_cache(model, torch.tensor([[token]]), cache)
+        logits.append(step_logits[0, -1].float())
     return torch.stack(logits)
 
 

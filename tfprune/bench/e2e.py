@@ -9,6 +9,7 @@ import time
 import torch
 from torch import nn
 
+from ..compat import forward_with_cache
 from ..engine.adapters import decoder_layers, find_linears, weight_matrix
 from .linear import prune_24_, sparse_support
 from .timing import summarize, synchronize, time_fn
@@ -69,13 +70,13 @@ def sparsify_copy(model: nn.Module, fmt: str = "cutlass"):
 
 def _decode_run(model: nn.Module, prompt: torch.Tensor, steps: int, device: str) -> float:
     """Milliseconds of `steps` greedy decode steps after an (untimed) prefill of prompt [1, P]."""
-    out = model(input_ids=prompt, use_cache=True)
-    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    logits, cache = forward_with_cache(model, prompt)
+    token = logits[:, -1:].argmax(-1)
     synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        logits, cache = forward_with_cache(model, token, cache)
+        token = logits[:, -1:].argmax(-1)
     synchronize(device)
     return (time.perf_counter() - start) * 1e3
 
