@@ -9,10 +9,16 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.tfprune-installed
 PYTEST_ARGS ?=
+# The real model (Gemma 3 270M, built offline from the package index by ../shared/models/gemma3-270m/build.sh),
+# kept outside the repository; tests marked `real` use it when it is there and say why they skip when not.
+TFPRUNE_CACHE ?= $(HOME)/.cache/tfprune
+REAL_MODEL ?= $(TFPRUNE_CACHE)/gemma3-270m
+REAL_MODEL_BUILD ?= ../shared/models/gemma3-270m/build.sh
+export TFPRUNE_REAL_MODEL := $(REAL_MODEL)
 # the oracle of compressed-tensors' sparse-24-bitmask format: its last release with the sparse compressor
 COMPRESSED_TENSORS := compressed-tensors==0.14.0
 
-.PHONY: install demo test test-transformers4 bench clean
+.PHONY: install real-model demo test test-transformers4 bench clean
 
 $(STAMP): setup.py pyproject.toml $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +31,10 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+real-model: $(STAMP)
+	@test -f $(REAL_MODEL_BUILD) || { echo "no $(REAL_MODEL_BUILD): cannot build the real model"; exit 1; }
+	bash $(REAL_MODEL_BUILD) $(REAL_MODEL) $(PY)
 
 demo: $(STAMP)
 	$(VENV)/bin/tfprune prune builtin:llama --out demo-out --overwrite --sparsity 0.5 --pattern 2:4 \

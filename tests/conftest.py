@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -26,3 +29,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+REAL_MODEL = Path(os.environ.get("TFPRUNE_REAL_MODEL", Path.home() / ".cache" / "tfprune" / "gemma3-270m"))
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """The real model's directory (Gemma 3 270M, read-only: tests write elsewhere); skips when not built."""
+    if not ((REAL_MODEL / "model.safetensors").is_file() and (REAL_MODEL / "tokenizer.json").is_file()):
+        pytest.skip(f"real model not built at {REAL_MODEL}: run `make real-model` (needs ../shared and the "
+                    "package index) or set TFPRUNE_REAL_MODEL")
+    return REAL_MODEL
