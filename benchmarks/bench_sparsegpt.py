@@ -21,7 +21,7 @@ import torch
 from tfprune import PruneConfig, ops, prune
 from tfprune.builtin import build_model
 from tfprune.calib import build_calibration
-from tfprune.engine.adapters import decoder_layers, find_linears, weight_matrix
+from tfprune.engine.discovery import decoder_layers, find_linears, weight_matrix
 from tfprune.sparsegpt import factorize, sparsegpt_prune_
 
 VARIANTS = {  # label -> PruneConfig options (None = dense)

@@ -3,13 +3,13 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import AutoModelForCausalLM
 
 import tfprune
 from tfprune import PruneConfig
 from tfprune.cli import main
-from tfprune.errors import (CalibrationError, ConfigError, NonFiniteActivationError, OutputExistsError,
-                            UnsupportedArchitectureError)
+from tfprune.errors import (CalibrationError, ConfigError, NonFiniteActivationError, NonFiniteWeightError,
+                            OutputExistsError, UnsupportedArchitectureError)
 from tfprune.io import atomic_output_dir
 from tfprune.report import PruneReport
 
@@ -79,14 +79,15 @@ def test_in_features_not_divisible_by_m(tiny_model):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_unknown_architecture(tmp_path):
-    config = GPTNeoXConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                           intermediate_size=64)
-    model = GPTNeoXForCausalLM(config)
-    with pytest.raises(UnsupportedArchitectureError, match="unsupported architecture 'gpt_neox'"):
+def test_encoder_decoder_models_are_refused(tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    model = T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                                                num_heads=4))
+    with pytest.raises(UnsupportedArchitectureError, match="encoder-decoder"):
         tfprune.prune(model, None, PruneConfig(), calib=torch.randint(0, 64, (2, 8)), progress=False)
-    model.save_pretrained(tmp_path / "neox")
-    assert main(["prune", str(tmp_path / "neox"), "--out", str(tmp_path / "o"), *FAST]) == 2
+    model.save_pretrained(tmp_path / "t5")
+    assert main(["prune", str(tmp_path / "t5"), "--out", str(tmp_path / "o"), *FAST]) == 2
     assert not (tmp_path / "o").exists()
 
 
@@ -98,10 +99,15 @@ def test_empty_calibration(tiny_model):
         tfprune.prune(model, tokenizer, PruneConfig(), calib=torch.zeros(0, 5, dtype=torch.int64), progress=False)
 
 
-def test_nan_activations(tiny_model):
+def test_nan_weights_and_overflowing_activations(tiny_model):
     model, tokenizer = tiny_model("llama")
     with torch.no_grad():
         model.model.layers[0].input_layernorm.weight[5] = float("nan")
+    with pytest.raises(NonFiniteWeightError, match="model.layers.0.input_layernorm.weight holds 1 NaN"):
+        tfprune.prune(model, tokenizer, PruneConfig(nsamples=2, seqlen=16), progress=False)
+    model, tokenizer = tiny_model("llama")
+    with torch.no_grad():  # finite weights whose activations overflow fp32 in Σx²
+        model.model.layers[0].input_layernorm.weight[5] = 3e38
     with pytest.raises(NonFiniteActivationError, match="0.self_attn.q_proj"):
         tfprune.prune(model, tokenizer, PruneConfig(nsamples=2, seqlen=16), progress=False)
 
@@ -113,14 +119,17 @@ def test_atomic_output_dir_leaves_nothing_on_failure(tmp_path):
             (tmp / "half.bin").write_bytes(b"x")
             raise RuntimeError("crash")
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(OutputExistsError):
-        out.mkdir()
-        (out / "a").write_text("a")
-        with atomic_output_dir(out):
-            pass
+    out.mkdir()
+    (out / "a").write_text("a")
+    for overwrite in (False, True):  # not a tfprune output: refused either way
+        with pytest.raises(OutputExistsError):
+            with atomic_output_dir(out, overwrite=overwrite):
+                pass
+    (out / "tfprune.json").write_text("{}")  # a previous tfprune output: replaced with overwrite
     with atomic_output_dir(out, overwrite=True) as tmp:
         (tmp / "b").write_text("b")
     assert sorted(p.name for p in out.iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_report_table_and_dict():

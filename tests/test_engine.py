@@ -8,7 +8,8 @@ from tfprune import PruneConfig
 from tfprune.builtin import BUILTIN_FAMILIES, PLANTED_CHANNELS
 from tfprune.calib import build_calibration
 from tfprune.engine import decoder_layers, find_linears, weight_matrix
-from tfprune.engine.sequential import capture_layer_inputs, collect_block_stats
+from tfprune.engine.calibrate import collect_block_stats
+from tfprune.engine.capture import capture_layer_inputs
 
 SMALL = dict(nsamples=8, seqlen=64, batch_size=4)
 
@@ -87,7 +88,7 @@ def test_engine_statistics_and_mask_match_a_float64_reference(tiny_model):
                         for x, (_, mask) in zip(seen, calib.batches(config.batch_size))])
     assert tokens.shape[0] == calib.tokens
     inputs = capture_layer_inputs(model, calib, "translation", config.batch_size)
-    stats = collect_block_stats(decoder_layers(model)[0], inputs, config.tau)["translation"]["self_attn.q_proj"]
+    stats = collect_block_stats(decoder_layers(model)[0], 0, inputs, config.tau)["translation"]["self_attn.q_proj"]
     torch.testing.assert_close(stats.sumsq, (tokens**2).sum(0), rtol=1e-5, atol=1e-6)
     assert int(stats.n) == tokens.shape[0]
     weight = q_proj.weight.detach().double()
@@ -106,7 +107,7 @@ def test_padding_never_enters_the_statistics(tiny_model):
     per_batch_size = {}
     for batch_size in (1, 4):
         inputs = capture_layer_inputs(model, calib, "translation", batch_size)
-        stats = collect_block_stats(decoder_layers(model)[0], inputs, config.tau)["translation"]
+        stats = collect_block_stats(decoder_layers(model)[0], 0, inputs, config.tau)["translation"]
         per_batch_size[batch_size] = stats["mlp.down_proj"]
     assert int(per_batch_size[1].n) == int(per_batch_size[4].n) == calib.tokens
     torch.testing.assert_close(per_batch_size[1].sumsq, per_batch_size[4].sumsq, rtol=1e-4, atol=1e-4)

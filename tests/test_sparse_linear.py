@@ -10,7 +10,7 @@ from torch import nn
 
 import tfprune
 from tfprune import masks, ops
-from tfprune.engine.adapters import weight_matrix
+from tfprune.engine.discovery import weight_matrix
 from tfprune.sparse import SparseLinear, SparseFormatError, kernel_support, linear as linear_module
 
 from sparse_testing import prune_24_

@@ -13,8 +13,9 @@ from tfprune import PruneConfig, prune
 from tfprune.builtin import build_model
 from tfprune.calib import build_calibration, builtin_corpus
 from tfprune.cli import build_parser, main
-from tfprune.engine.adapters import decoder_layers, find_linears, weight_matrix
-from tfprune.engine.sequential import capture_layer_inputs, collect_block_stats
+from tfprune.engine.discovery import decoder_layers, find_linears, weight_matrix
+from tfprune.engine.calibrate import collect_block_stats
+from tfprune.engine.capture import capture_layer_inputs
 from tfprune.errors import ConfigError, HessianError, NonFiniteActivationError
 from tfprune.sparsegpt import HessianCollector, HessianFactor, check_hessian, factorize, sparsegpt_prune_
 
@@ -297,7 +298,7 @@ def test_hook_hessian_shares_inputs_excludes_padding_and_matches_sumsq(llama):
     inputs = capture_layer_inputs(model, calib, "translation", batch_size=3)
     block = decoder_layers(model)[0]
     collector = HessianCollector()
-    stats = collect_block_stats(block, inputs, 6.0, hessians=collector)["translation"]
+    stats = collect_block_stats(block, 0, inputs, 6.0, hessians=collector)["translation"]
     assert collector.owner["self_attn.k_proj"] == collector.owner["self_attn.v_proj"] == "self_attn.q_proj"
     assert collector.owner["mlp.up_proj"] == "mlp.gate_proj"
     assert sorted(collector.hessians) == ["mlp.down_proj", "mlp.gate_proj", "self_attn.o_proj", "self_attn.q_proj"]

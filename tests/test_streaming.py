@@ -19,7 +19,7 @@ from tfprune.engine import streaming
 from tfprune.engine.activations import ActivationStore, MemoryBudget, choose_tier
 from tfprune.engine.checkpoint import DTYPES, Checkpoint, parse_size, plan_shards
 from tfprune.engine.manifest import MANIFEST_FILE, partial_dir
-from tfprune.engine.sequential import LayerInput
+from tfprune.engine.capture import LayerInput
 from tfprune.engine.streaming import KILL_AFTER_LAYER_ENV, prune_streaming
 from tfprune.errors import RunMismatchError
 from tfprune.models import load_model
@@ -231,7 +231,7 @@ def test_activation_store_tiers(tier, tmp_path):
     batches = [torch.randn(2, 5, 8), torch.randn(1, 3, 8, dtype=torch.bfloat16)]
     store.reserve(sum(b.numel() * b.element_size() for b in batches), len(batches))
     for hidden in batches:
-        store.append(LayerInput("translation", hidden.clone(), (), {}, torch.ones(hidden.shape[0] * hidden.shape[1],
+        store.append(LayerInput("translation", hidden.clone(), [], torch.ones(hidden.shape[0] * hidden.shape[1],
                                                                                    dtype=torch.bool)))
     assert store.nbytes == sum(b.numel() * b.element_size() for b in batches)
     assert all(torch.equal(item.hidden, hidden) for item, hidden in zip(store, batches))

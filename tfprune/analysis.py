@@ -6,9 +6,10 @@ prompts and monolingual prompts, per language and pooled. Outputs: the top-k cha
 the overlap of the top-k% sets of translation vs monolingual per site (and between every pair of per-language
 settings), PNG heatmaps and a JSON file.
 
-Sites: 'norm' (default): the outputs of each block's norms, i.e. the hidden states the attention and MLP
-linears read, which the pruning score |W|·‖X‖ sees; 'residual': each block's output (the residual stream,
-what `output_hidden_states` gives and the authors' script measures).
+Sites: 'norm' (default): the normalized hidden states the attention and MLP linears read, which the pruning
+score |W|·‖X‖ sees: the outputs of each block's norms that a linear reads (found in one forward pass; Gemma's
+post-norms are not among them); 'residual': each block's output (the residual stream, what
+`output_hidden_states` gives and the authors' script measures).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from torch import nn
 from .calib import builtin_corpus, tokenize_prompts, translation_prompts
 from .calib.corpus import ParallelCorpus, language_name
 from .calib.prompts import MONO_TEMPLATE
-from .engine.adapters import adapter_for, decoder_layers
+from .engine.discovery import block_norms, decoder_layers, find_linears
 from .errors import TfpruneError
 
 __all__ = ["SITES", "FRACTIONS", "channel_magnitudes", "topk_overlap", "analyze", "plot_analysis", "write_analysis"]
@@ -36,34 +37,60 @@ SITES = ("norm", "residual")
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
-def _site_modules(model: nn.Module, site: str) -> list[tuple[str, nn.Module]]:
+@torch.no_grad()
+def _norm_sites(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> list[tuple[str, nn.Module]]:
+    """Per block, the normalization layers whose output some linear reads (input norms of attention and MLP;
+    not Gemma's post-norms), found by tensor identity in one forward pass."""
     blocks = decoder_layers(model)
+    outputs: dict[int, tuple[int, str]] = {}  # id(norm output) -> (block, norm name)
+    read: set[tuple[int, str]] = set()
+    handles = []
+    for index, block in enumerate(blocks):
+        for name, norm in block_norms(block, model.config.hidden_size).items():
+            handles.append(norm.register_forward_hook(
+                lambda _m, _a, output, key=(index, name): outputs.__setitem__(id(output), key)))
+        for linear in find_linears(block).values():
+            handles.append(linear.register_forward_pre_hook(
+                lambda _m, args: read.add(outputs[id(args[0])]) if id(args[0]) in outputs else None))
+    try:
+        model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not read:
+        raise TfpruneError(f"{type(model).__name__}: no normalization layer feeds a linear directly; use "
+                           "--site residual")
+    return [(f"{index}.{name}", blocks[index].get_submodule(name))
+            for index, block in enumerate(blocks) for name in block_norms(block, model.config.hidden_size)
+            if (index, name) in read]
+
+
+def _site_modules(model: nn.Module, site: str, first_batch) -> list[tuple[str, nn.Module]]:
     if site == "norm":
-        norms = adapter_for(model).norms
-        return [(f"{i}.{name}", getattr(block, name)) for i, block in enumerate(blocks) for name in norms]
+        return _norm_sites(model, *first_batch)
     if site == "residual":
-        return [(str(i), block) for i, block in enumerate(blocks)]
+        return [(str(i), block) for i, block in enumerate(decoder_layers(model))]
     raise TfpruneError(f"unknown site {site!r}: choose one of {', '.join(SITES)}")
 
 
 @torch.no_grad()
 def _magnitude_sums(model: nn.Module, calib, site: str, batch_size: int) -> tuple[list[str], torch.Tensor, int]:
     """(site names, Σ over prompts of per-prompt ‖x_j‖₂ [S, H] fp64, number of prompts)."""
-    modules = _site_modules(model, site)
     device = next(model.parameters()).device
+    ids, mask = next(calib.batches(1))
+    modules = _site_modules(model, site, (ids.to(device), mask.to(device)))
     sums: list[torch.Tensor | None] = [None] * len(modules)
     current = {}
 
-    def hook(index):
-        def record(_module, _args, output):
-            x = output[0] if isinstance(output, (tuple, list)) else output
-            mask = current["mask"]  # [B, T]
-            x = x.reshape(mask.shape[0], mask.shape[1], -1).float()  # [B, T, H]
-            per_prompt = x.square().mul(mask[..., None]).sum(1).sqrt()  # [B, H]
-            total = per_prompt.sum(0).double().cpu()
-            sums[index] = total if sums[index] is None else sums[index] + total
+    def add(index, x):
+        mask = current["mask"]  # [B, T]
+        x = x.reshape(mask.shape[0], mask.shape[1], -1).float()  # [B, T, H]
+        per_prompt = x.square().mul(mask[..., None]).sum(1).sqrt()  # [B, H]
+        total = per_prompt.sum(0).double().cpu()
+        sums[index] = total if sums[index] is None else sums[index] + total
 
-        return record
+    def hook(index):
+        return lambda _module, _args, output: add(index, output[0] if isinstance(output, (tuple, list)) else output)
 
     handles = [module.register_forward_hook(hook(i)) for i, (_name, module) in enumerate(modules)]
     prompts = 0
@@ -243,20 +270,29 @@ def plot_analysis(result: dict, magnitudes: dict[str, np.ndarray], out_dir: str 
     return paths
 
 
-def write_analysis(result: dict, magnitudes: dict[str, np.ndarray], out_dir: str | Path) -> list[Path]:
-    """analysis.json, magnitudes.npz (every setting's [S, H] magnitudes) and the PNG heatmaps."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "analysis.json").write_text(json.dumps(result, indent=1))
-    np.savez_compressed(out_dir / "magnitudes.npz", sites=np.asarray(result["sites"]), **{
-        key.replace("-", "_"): value for key, value in magnitudes.items()})
-    return [out_dir / "analysis.json", out_dir / "magnitudes.npz", *plot_analysis(result, magnitudes, out_dir)]
+def write_analysis(result: dict, magnitudes: dict[str, np.ndarray], out_dir: str | Path, overwrite: bool = False,
+                   inputs=()) -> list[Path]:
+    """analysis.json, magnitudes.npz (every setting's [S, H] magnitudes) and the PNG heatmaps, written into a
+    new directory atomically by the rules of tfprune.outdir (an existing one is replaced only with overwrite,
+    and only if empty or written by tfprune)."""
+    from .outdir import atomic_output_dir, write_marker
+
+    names = ["analysis.json", "magnitudes.npz"]
+    with atomic_output_dir(out_dir, overwrite, inputs) as tmp:
+        (tmp / "analysis.json").write_text(json.dumps(result, indent=1))
+        np.savez_compressed(tmp / "magnitudes.npz", sites=np.asarray(result["sites"]), **{
+            key.replace("-", "_"): value for key, value in magnitudes.items()})
+        names += [path.name for path in plot_analysis(result, magnitudes, tmp)]
+        write_marker(tmp, "analyze", {"model": result.get("model"), "site": result["site"]})
+    return [Path(out_dir) / name for name in names]
 
 
 def add_parser(sub) -> None:
     a = sub.add_parser("analyze", help="large-magnitude features under translation vs monolingual prompts")
     a.add_argument("model", help="local HF directory, hub id, or builtin:FAMILY")
     a.add_argument("--out", default="analysis-out", help="output folder (analysis.json, magnitudes.npz, PNGs)")
+    a.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output folder: only an empty one or a previous tfprune output")
     a.add_argument("--calib", default="builtin", help="parallel corpus: builtin | PATH (.tsv/.jsonl/folder)")
     a.add_argument("--langs", default=None, help="comma-separated languages paired with English (default: all)")
     a.add_argument("--nsamples", type=int, default=64, help="prompts per pooled setting (split over languages)")
@@ -275,14 +311,17 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from .calib import load_corpus
     from .evaluation.command import load_for_inference
+    from .outdir import preflight_output
 
+    inputs = [Path(p) for p in (args.model, args.calib) if p and Path(p).exists()]
+    preflight_output(args.out, args.overwrite, inputs)
     corpus = None if args.calib == "builtin" else load_corpus(args.calib)
     model, tokenizer = load_for_inference(args.model, args.dtype, args.device)
     result, magnitudes = analyze(model, tokenizer, corpus, args.langs.split(",") if args.langs else None,
                                  args.nsamples, args.shots, args.seqlen, args.site, args.topk, args.ratio,
                                  batch_size=args.batch_size, seed=args.seed)
     result["model"] = args.model
-    paths = write_analysis(result, magnitudes, args.out)
+    paths = write_analysis(result, magnitudes, args.out, args.overwrite, inputs)
     for name, row in list(zip(result["sites"], result["top_channels"]["translation"]))[:64]:
         print(f"{name:<32} top: {' '.join(str(c) for c, _ in row[:10])}")
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from .engine.adapters import adapter_for, decoder_layers
+from .engine.discovery import block_norms, decoder_layers
 
 __all__ = ["BUILTIN_FAMILIES", "PLANTED_CHANNELS", "PLANTED_GAIN", "build_tokenizer", "build_model"]
 
@@ -92,6 +92,6 @@ def build_model(family: str = "llama", seed: int = 0, hidden: int = HIDDEN, laye
     channels = [c for c in PLANTED_CHANNELS if c < hidden]
     with torch.no_grad():
         for block in decoder_layers(model):
-            for name in adapter_for(model).norms:
-                getattr(block, name).weight[channels] = PLANTED_GAIN
+            for norm in block_norms(block, hidden).values():
+                norm.weight[channels] = PLANTED_GAIN
     return model.to(dtype).eval(), tokenizer

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from .errors import TfpruneError
@@ -17,8 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="prune a model and write a Hugging Face directory")
     p.add_argument("model", help="local HF directory, hub id, or builtin:llama|bloom|xglm|gpt2|opt|mistral|qwen2")
-    p.add_argument("--out", required=True, help="output directory (written atomically)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--out", required=True, help="output directory (written atomically; never inside the inputs)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output directory: only an empty one or a previous tfprune output")
+    p.add_argument("--tokenizer", default=None, help="the tokenizer's directory or hub id (default: the model's)")
     p.add_argument("--method", default="wanda", choices=["wanda", "magnitude", "contrastive", "random", "sparsegpt"])
     p.add_argument("--update", default=None, choices=["obs", "none"],
                    help="obs: SparseGPT's OBS weight update after masking (default: obs for sparsegpt, else none)")
@@ -63,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_command.add_parser(sub)
     eval_command.add_parser(sub)
     analysis.add_parser(sub)
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     return parser
 
 
@@ -78,7 +83,7 @@ def _config_from_args(args):
         try:
             options["owl"] = tuple(float(v) for v in args.owl.split(","))
         except ValueError:
-            raise TfpruneError(f"--owl takes 'M,lambda', got {args.owl!r}") from None
+            raise TfpruneError(f"--owl takes 'M,lambda' (two numbers, e.g. 5,0.08), got {args.owl!r}") from None
     if args.recipe == "paper":
         for key in ("nsamples", "seqlen", "shots", "direction", "langs"):
             options.pop(key)
@@ -87,9 +92,8 @@ def _config_from_args(args):
 
 
 def _calibration_source(spec: str | None, langs):
-    from .calib import load_corpus, load_flores
+    from .calib import load_corpus, load_flores, load_texts
     from .config import PAPER_LANGS
-    from .errors import CalibrationError
 
     if spec is None or spec == "builtin":
         return None
@@ -97,36 +101,49 @@ def _calibration_source(spec: str | None, langs):
         return load_flores(langs or PAPER_LANGS)
     path = Path(spec)
     if path.suffix == ".txt" and path.is_file():
-        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not texts:
-            raise CalibrationError(f"{path} holds no text")
-        return texts
+        return load_texts(path)
     return load_corpus(path)
 
 
-def cmd_prune(args) -> int:
-    import torch
+def _local_paths(*specs) -> list[Path]:
+    """The specs that name local files or directories (the inputs an output may not touch)."""
+    return [Path(spec) for spec in specs if spec and not str(spec).startswith("builtin:") and Path(spec).exists()]
 
+
+def _checkpoint_bytes(spec: str, dtype) -> int:
+    """The size of a local safetensors checkpoint at the requested dtype (0 when it cannot be known cheaply)."""
+    from .engine.checkpoint import Checkpoint
+
+    if not Path(spec).is_dir() or not any(Path(spec).glob("*.safetensors")):
+        return 0
+    checkpoint = Checkpoint(spec)
+    return checkpoint.nbytes * (dtype.itemsize if dtype else 1) // (checkpoint.floating_dtype().itemsize
+                                                                      if dtype else 1)
+
+
+def cmd_prune(args) -> int:
     from .engine import prune
-    from .io import check_output_dir, save_pruned
-    from .models import DTYPES, load_model
+    from .io import save_pruned
+    from .models import load_model, parse_device, parse_dtype
+    from .outdir import check_free_space, preflight_output
 
     config = _config_from_args(args)
-    check_output_dir(args.out, args.overwrite)
-    if args.dtype is not None and args.dtype not in DTYPES:
-        raise TfpruneError(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise TfpruneError("--device cuda was asked for, but torch sees no CUDA device")
+    device = parse_device(args.device)
+    dtype = parse_dtype(args.dtype)
     if args.format == "compressed-tensors" and config.nm != (2, 4):
         raise TfpruneError(f"--format compressed-tensors writes 2:4 weights: it needs --pattern 2:4, got {args.pattern}")
+    inputs = _local_paths(args.model, args.calib, args.contrast, args.tokenizer)
+    out = preflight_output(args.out, args.overwrite, inputs)
     calib = _calibration_source(args.calib, config.langs)
     contrast = _calibration_source(args.contrast, config.langs) if args.contrast else None
+    extra = {"model": args.model, "calib": args.calib}
     if args.streaming or (args.streaming is None and _should_stream(args)):
-        return _cmd_prune_streaming(args, config, calib, contrast)
-    model, tokenizer = load_model(args.model, args.dtype, args.device)
+        return _cmd_prune_streaming(args, config, calib, contrast, inputs, extra)
+    check_free_space(out.parent, _checkpoint_bytes(args.model, dtype), f"the output {out.name}")
+    model, tokenizer = load_model(args.model, dtype, str(device), tokenizer=args.tokenizer)
     report = prune(model, tokenizer, config, calib=calib, contrast_calib=contrast, progress=not args.quiet)
-    save_pruned(model, tokenizer, args.out, config, report, overwrite=args.overwrite,
-                extra={"model": args.model, "calib": args.calib}, format=args.format)
+    save_pruned(model, tokenizer, args.out, config, report, overwrite=args.overwrite, extra=extra,
+                format=args.format, inputs=inputs)
     if not args.quiet:
         print(report.table())
     print(f"wrote {args.out}")
@@ -139,14 +156,14 @@ def _should_stream(args) -> bool:
     return should_stream(args.model, args.device, args.dtype)
 
 
-def _cmd_prune_streaming(args, config, calib, contrast) -> int:
+def _cmd_prune_streaming(args, config, calib, contrast, inputs, extra) -> int:
     from .engine.streaming import prune_streaming
 
-    report, summary = prune_streaming(args.model, args.out, config, calib=calib, contrast_calib=contrast,
-                                      device=args.device, dtype=args.dtype, max_memory=args.max_memory,
-                                      shard_size=args.shard_size, output_format=args.format,
-                                      overwrite=args.overwrite, progress=not args.quiet,
-                                      extra={"model": args.model, "calib": args.calib})
+    report, summary = prune_streaming(args.model, args.out, config, tokenizer=args.tokenizer, calib=calib,
+                                      contrast_calib=contrast, device=args.device, dtype=args.dtype,
+                                      max_memory=args.max_memory, shard_size=args.shard_size,
+                                      output_format=args.format, overwrite=args.overwrite,
+                                      progress=not args.quiet, extra=extra, inputs=inputs)
     if not args.quiet:
         print(report.table())
     print(summary.line())
@@ -182,12 +199,30 @@ def cmd_analyze(args) -> int:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    handler = {"prune": cmd_prune, "inspect": cmd_inspect, "bench": cmd_bench, "eval": cmd_eval,
+               "analyze": cmd_analyze}[args.command]
     try:
-        return {"prune": cmd_prune, "inspect": cmd_inspect, "bench": cmd_bench, "eval": cmd_eval,
-                "analyze": cmd_analyze}[args.command](args)
-    except TfpruneError as error:
-        print(f"tfprune: error: {error}", file=sys.stderr)
+        return handler(args)
+    except TfpruneError as error:  # bad input: one line, before anything was written
+        _fail(args, f"{error}")
         return 2
+    except OSError as error:  # a file that cannot be read or written
+        where = f": {error.filename}" if error.filename else ""
+        _fail(args, f"{error.strerror or error}{where}")
+        return 2
+    except KeyboardInterrupt:
+        print("tfprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - a bug or an environment problem: say so in one line
+        _fail(args, f"unexpected {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} "
+                    "(rerun with --debug for the traceback)")
+        return 1
+
+
+def _fail(args, message: str) -> None:
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    print(f"tfprune: error: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -133,8 +133,9 @@ class PruneConfig:
         if self.owl is not None:
             if nm is not None:
                 raise ConfigError("OWL layerwise sparsity applies to unstructured pruning, not to N:M patterns")
-            if len(self.owl) != 2 or self.owl[0] <= 0 or not 0 <= self.owl[1] < 0.5:
-                raise ConfigError(f"owl must be (M > 0, 0 <= lambda < 0.5), got {self.owl}")
+            if (len(self.owl) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.owl)
+                    or self.owl[0] <= 0 or not 0 <= self.owl[1] < 0.5):
+                raise ConfigError(f"owl must be two finite numbers (M > 0, 0 <= lambda < 0.5), got {self.owl}")
             object.__setattr__(self, "owl", tuple(float(v) for v in self.owl))
         if not (self.tau > 0 and math.isfinite(self.tau)):
             raise ConfigError(f"tau must be a positive number, got {self.tau}")

@@ -5,6 +5,7 @@ __all__ = [
     "ConfigError",
     "CalibrationError",
     "NonFiniteActivationError",
+    "NonFiniteWeightError",
     "UnsupportedArchitectureError",
     "OutputExistsError",
     "RunMismatchError",
@@ -29,8 +30,12 @@ class NonFiniteActivationError(TfpruneError):
     """A linear layer saw NaN or Inf activations during calibration."""
 
 
+class NonFiniteWeightError(TfpruneError):
+    """A weight of the model (any layer, norm, embedding or LM head) holds NaN or Inf."""
+
+
 class UnsupportedArchitectureError(TfpruneError):
-    """The model family has no adapter in tfprune.engine.adapters."""
+    """The model is not a decoder-only causal LM whose decoder blocks tfprune.engine.discovery can find."""
 
 
 class OutputExistsError(TfpruneError):

@@ -9,9 +9,10 @@ __all__ = ["LayerReport", "PruneReport"]
 
 @dataclass
 class LayerReport:
-    """One pruned linear layer. shape: (out, in); sparsity: share of zero weights after pruning;
-    top_channels: the largest-‖X_j‖₂ input channels [(channel, norm)]; protected: channels never pruned;
-    violations: protected weights that N:M forced out."""
+    """One pruned weight matrix (a linear layer or one expert's matrix). shape: (out, in); sparsity: share of
+    zero weights after pruning; top_channels: the largest-‖X_j‖₂ input channels [(channel, norm)]; protected:
+    channels never pruned; violations: protected weights that N:M forced out; tokens: calibration tokens that
+    reached it (an expert sees only those routed to it); note: how it was pruned when not as configured."""
 
     name: str
     shape: tuple[int, int]
@@ -21,6 +22,8 @@ class LayerReport:
     protected: list[int]
     violations: int
     seconds: float
+    tokens: int = 0
+    note: str = ""
 
 
 @dataclass

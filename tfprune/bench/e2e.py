@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..compat import forward_with_cache
-from ..engine.adapters import decoder_layers, find_linears, weight_matrix
+from ..engine.discovery import decoder_layers, find_linears, weight_matrix
 from .linear import prune_24_, sparse_support
 from .timing import summarize, synchronize, time_fn
 

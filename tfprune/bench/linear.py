@@ -61,7 +61,7 @@ def preset_shapes(name: str) -> list[LinearShape]:
 def model_shapes(spec: str) -> list[LinearShape]:
     """The distinct linear shapes of the first decoder block of a model (builtin:FAMILY, a local directory or
     a hub id), read from its config: the model is built on the meta device, no weight is loaded."""
-    from ..engine.adapters import adapter_for, decoder_layers, find_linears, weight_matrix
+    from ..engine.discovery import check_architecture, decoder_layers, find_linears, weight_matrix
 
     if spec.startswith("builtin:"):
         from ..builtin import BUILTIN_FAMILIES, HIDDEN, _config
@@ -74,7 +74,7 @@ def model_shapes(spec: str) -> list[LinearShape]:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(spec)
-    adapter_for(config)
+    check_architecture(config)
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):

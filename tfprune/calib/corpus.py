@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import csv
-import json
+import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from ..errors import CalibrationError
+from ..textfiles import read_jsonl, read_lines, text_field
 
-__all__ = ["LANGUAGE_NAMES", "FLORES_CODES", "ParallelCorpus", "builtin_corpus", "load_corpus", "load_flores"]
+__all__ = ["LANGUAGE_NAMES", "FLORES_CODES", "ParallelCorpus", "builtin_corpus", "load_corpus", "load_texts",
+           "load_flores"]
+
+log = logging.getLogger("tfprune")
 
 # Full English names, as the paper's prompt template uses them.
 LANGUAGE_NAMES = {
@@ -71,47 +75,109 @@ def builtin_corpus() -> ParallelCorpus:
 
 
 def load_corpus(path: str | Path) -> ParallelCorpus:
-    """Read a parallel corpus.
+    """Read a parallel corpus (UTF-8), strictly: a record that breaks the alignment is an error naming the file
+    and line, never silently dropped or shifted.
 
-    - `*.tsv`: a header row of language codes, then one aligned sentence per column per row.
-    - `*.jsonl`: one object per line mapping language code -> sentence.
-    - a folder of `{lang}.txt` files, one sentence per line, aligned by line number.
+    - `*.tsv`: a header row of distinct language codes, then one aligned sentence per column per row; an empty
+      cell is an error, a blank line is skipped (counted in the log).
+    - `*.jsonl`: one object per line mapping language code -> sentence (strings), the same languages in every
+      record.
+    - a folder of `{lang}.txt` files, one sentence per line, aligned by line number: a line blank in every file
+      is skipped (counted); blank in some files only is an error.
     """
     path = Path(path)
     if not path.exists():
         raise CalibrationError(f"calibration corpus {path} does not exist")
     if path.is_dir():
-        files = sorted(path.glob("*.txt"))
-        if not files:
-            raise CalibrationError(f"no {{lang}}.txt files in {path}")
-        return ParallelCorpus({f.stem: _lines(f) for f in files})
+        return _load_folder(path)
     if path.suffix == ".tsv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
-        if len(rows) < 2:
-            raise CalibrationError(f"{path}: a TSV corpus needs a header of language codes and at least one row")
-        header, body = rows[0], rows[1:]
-        for number, row in enumerate(body, start=2):
-            if len(row) != len(header):
-                raise CalibrationError(f"{path}:{number}: {len(row)} columns, the header has {len(header)}")
-        return ParallelCorpus({lang: [row[i].strip() for row in body] for i, lang in enumerate(header)})
+        return _load_tsv(path)
     if path.suffix == ".jsonl":
-        records = []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise CalibrationError(f"{path}:{number}: not JSON ({error})") from None
-        if not records:
-            raise CalibrationError(f"{path} holds no sentences")
-        langs = list(records[0])
-        for number, record in enumerate(records, start=1):
-            if list(record) != langs:
-                raise CalibrationError(f"{path}: record {number} has languages {list(record)}, expected {langs}")
-        return ParallelCorpus({lang: [str(r[lang]).strip() for r in records] for lang in langs})
+        return _load_jsonl(path)
     raise CalibrationError(f"{path}: unsupported corpus format (use .tsv, .jsonl or a folder of {{lang}}.txt)")
+
+
+def load_texts(path: str | Path) -> list[str]:
+    """The non-blank lines of a UTF-8 .txt file, used as calibration texts as they are (blank lines skipped,
+    counted in the log)."""
+    lines = read_lines(Path(path), CalibrationError)
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise CalibrationError(f"{path} holds no text")
+    if len(texts) < len(lines):
+        log.info("%s: %d blank lines skipped", path, len(lines) - len(texts))
+    return texts
+
+
+def _load_folder(path: Path) -> ParallelCorpus:
+    files = sorted(path.glob("*.txt"))
+    if not files:
+        raise CalibrationError(f"no {{lang}}.txt files in {path}")
+    lines = {f.stem: read_lines(f, CalibrationError) for f in files}
+    counts = {lang: len(rows) for lang, rows in lines.items()}
+    if len(set(counts.values())) != 1:
+        raise CalibrationError(f"{path}: the {{lang}}.txt files are aligned by line but have different line "
+                               f"counts {counts}")
+    kept: dict[str, list[str]] = {lang: [] for lang in lines}
+    skipped = 0
+    for number, row in enumerate(zip(*lines.values()), start=1):
+        blank = [not text.strip() for text in row]
+        if all(blank):
+            skipped += 1
+            continue
+        if any(blank):
+            empty = next(lang for lang, is_blank in zip(lines, blank) if is_blank)
+            full = next(lang for lang, is_blank in zip(lines, blank) if not is_blank)
+            raise CalibrationError(f"{path / (empty + '.txt')}:{number}: blank, while {full}.txt:{number} has "
+                                   "text: the files are aligned by line, fill in or remove the line in every file")
+        for lang, text in zip(lines, row):
+            kept[lang].append(text.strip())
+    if skipped:
+        log.info("%s: %d lines blank in every file skipped", path, skipped)
+    return ParallelCorpus(kept)
+
+
+def _load_tsv(path: Path) -> ParallelCorpus:
+    rows = list(csv.reader(read_lines(path, CalibrationError), delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows:
+        raise CalibrationError(f"{path}: a TSV corpus needs a header of language codes and at least one row")
+    header = [cell.strip() for cell in rows[0]]
+    if any(not code for code in header):
+        raise CalibrationError(f"{path}:1: an empty language code in the header")
+    repeated = sorted({code for code in header if header.count(code) > 1})
+    if repeated:
+        raise CalibrationError(f"{path}:1: language {repeated[0]!r} is a column twice")
+    sentences: dict[str, list[str]] = {code: [] for code in header}
+    skipped = 0
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            skipped += 1
+            continue
+        if len(row) != len(header):
+            raise CalibrationError(f"{path}:{number}: {len(row)} columns, the header has {len(header)}")
+        for code, cell in zip(header, row):
+            if not cell.strip():
+                raise CalibrationError(f"{path}:{number}: the {code!r} cell is empty")
+            sentences[code].append(cell.strip())
+    if skipped:
+        log.info("%s: %d blank lines skipped", path, skipped)
+    if not next(iter(sentences.values())):
+        raise CalibrationError(f"{path}: a TSV corpus needs a header of language codes and at least one row")
+    return ParallelCorpus(sentences)
+
+
+def _load_jsonl(path: Path) -> ParallelCorpus:
+    records = read_jsonl(path, CalibrationError)
+    if not records:
+        raise CalibrationError(f"{path} holds no sentences")
+    langs = list(records[0][1])
+    sentences: dict[str, list[str]] = {lang: [] for lang in langs}
+    for where, record in records:
+        if set(record) != set(langs):
+            raise CalibrationError(f"{where}: languages {sorted(record)}, the first record has {sorted(langs)}")
+        for lang in langs:
+            sentences[lang].append(text_field(record, lang, where, CalibrationError))
+    return ParallelCorpus(sentences)
 
 
 def load_flores(langs, split: str = "dev", dataset: str = "openlanguagedata/flores_plus") -> ParallelCorpus:
@@ -132,7 +198,3 @@ def load_flores(langs, split: str = "dev", dataset: str = "openlanguagedata/flor
             raise CalibrationError(f"cannot load FLORES-200 {FLORES_CODES[lang]} from {dataset}: {error}") from error
         sentences[lang] = [str(text) for text in rows["text"]]
     return ParallelCorpus(sentences)
-
-
-def _lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

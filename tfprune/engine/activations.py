@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..outdir import check_free_space
 from .checkpoint import parse_size
-from .sequential import LayerInput
+from .capture import LayerInput
 
 __all__ = ["MemoryBudget", "ActivationStore", "choose_tier", "free_memory", "tensor_nbytes"]
 
@@ -107,6 +108,8 @@ class ActivationStore:
             return
         size = total_bytes + _ALIGN * batches
         self.scratch.parent.mkdir(parents=True, exist_ok=True)
+        check_free_space(self.scratch.parent, size, "the activation scratch file (--max-memory host=SIZE keeps "
+                         "activations in host memory instead)")
         with open(self.scratch, "wb") as handle:
             handle.truncate(size)
         self._file = torch.from_file(str(self.scratch), shared=True, size=size, dtype=torch.uint8)

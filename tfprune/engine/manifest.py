@@ -62,7 +62,14 @@ class Manifest:
             raise OutputExistsError(f"another tfprune run is writing {folder} (its lock is held)") from None
         path = folder / MANIFEST_FILE
         if path.is_file():
-            data = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
+                    raise ValueError("not a manifest object")
+            except (ValueError, UnicodeDecodeError) as error:
+                os.close(lock_fd)
+                raise RunMismatchError(f"{path} is corrupt or empty ({error}): the partial run cannot be resumed; "
+                                       f"delete {folder} to start over") from None
             if data.get("version") != VERSION or data.get("identity") != identity:
                 os.close(lock_fd)
                 differences = _differences(data.get("identity", {}), identity) or ["manifest version"]

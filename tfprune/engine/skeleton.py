@@ -3,53 +3,25 @@ onto it; materializing one decoder layer, the lazily loaded modules before the f
 memory estimates the activation tier is chosen by."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..config import PruneConfig
 from ..errors import TfpruneError
-from .adapters import adapter_for, decoder_layers, find_linears
 from .checkpoint import Checkpoint
+from .discovery import decoder_layers, layers_path, targets
 
-__all__ = ["resolved_checkpoint", "build_skeleton", "Layout", "materialize", "free", "pre_layer_weights",
-           "working_bytes", "layer_bytes"]
-
-
-@contextmanager
-def resolved_checkpoint(spec: str, dtype: torch.dtype | None):
-    """Yield (folder, identity string) of a local directory, a hub id (downloaded: safetensors, configs,
-    tokenizer) or builtin:FAMILY (saved to a temporary directory, removed afterwards)."""
-    if spec.startswith("builtin:"):
-        from ..builtin import build_model
-
-        model, tokenizer = build_model(spec.split(":", 1)[1], dtype=dtype or torch.float32)
-        folder = Path(tempfile.mkdtemp(prefix="tfprune-builtin-"))
-        try:
-            model.save_pretrained(folder, safe_serialization=True)
-            tokenizer.save_pretrained(folder)
-            del model
-            yield folder, spec
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        return
-    if Path(spec).is_dir():
-        yield Path(spec), str(Path(spec).resolve())
-        return
-    from huggingface_hub import snapshot_download
-
-    folder = snapshot_download(spec, allow_patterns=["*.safetensors", "*.json", "*.model", "*.txt", "*.tiktoken"])
-    yield Path(folder), spec
+__all__ = ["build_skeleton", "Layout", "materialize", "free", "pre_layer_weights", "working_bytes", "layer_bytes"]
 
 
 class Layout:
-    """How checkpoint tensors map onto the skeleton. key(model key) -> checkpoint key (also without the base
-    model prefix, as older checkpoints store them) or None; layers[i]: {checkpoint key: name inside the block,
-    or None for a tensor the model lacks (copied through)}; non_layer: the other checkpoint keys."""
+    """How checkpoint tensors map onto the skeleton, checked before any work. key(model key) -> checkpoint key
+    (also without the base model prefix, as older checkpoints store them) or None; layers[i]: {checkpoint key:
+    name inside the block, or None for a tensor the model lacks (copied through)}; non_layer: the other
+    checkpoint keys. Every parameter of the model must be in the checkpoint with the shape its config implies
+    (tied parameters under any of their names)."""
 
     def __init__(self, skeleton: nn.Module, checkpoint: Checkpoint):
         names = checkpoint.tensors
@@ -62,16 +34,17 @@ class Layout:
             return stripped if stripped in names else None
 
         self.key = key
-        path = adapter_for(skeleton).layers
+        path = layers_path(skeleton)
         self.layers: list[dict[str, str | None]] = []  # per layer: {checkpoint key: relative name or None}
         assigned: set[str] = set()
         for index, block in enumerate(decoder_layers(skeleton)):
             mapping: dict[str, str | None] = {}
             ckpt_prefix = None
-            for rel in block.state_dict():
+            for rel, tensor in block.state_dict(keep_vars=True).items():
                 found = key(f"{path}.{index}.{rel}")
                 if found is None:
-                    raise TfpruneError(f"the checkpoint has no tensor for {path}.{index}.{rel}")
+                    raise TfpruneError(_missing(checkpoint, f"{path}.{index}.{rel}"))
+                _check_shape(checkpoint, found, tensor)
                 mapping[found] = rel
                 ckpt_prefix = found[: -len(rel)]
             for name in names:
@@ -80,6 +53,30 @@ class Layout:
             self.layers.append(dict(sorted(mapping.items())))
             assigned.update(mapping)
         self.non_layer = [name for name in names if name not in assigned]
+        aliases: dict[int, list[str]] = {}
+        for name, param in skeleton.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(param), []).append(name)
+        for name, param in skeleton.named_parameters():
+            if name == path or name.startswith(path + "."):
+                continue
+            found = next((k for k in map(key, aliases[id(param)]) if k is not None), None)
+            if found is None:
+                raise TfpruneError(_missing(checkpoint, name))
+            _check_shape(checkpoint, found, param)
+
+
+def _missing(checkpoint: Checkpoint, name: str) -> str:
+    return (f"{checkpoint.folder}: the checkpoint has no tensor for {name}: the weights are incomplete (a shard "
+            "missing from the index?) or belong to another model, or transformers stores this model's weights "
+            "in another layout (e.g. fused experts): prune it in memory (--no-streaming)")
+
+
+def _check_shape(checkpoint: Checkpoint, key: str, tensor: torch.Tensor) -> None:
+    stored = checkpoint.tensors[key].shape
+    if tuple(stored) != tuple(tensor.shape):
+        raise TfpruneError(f"{checkpoint.folder}: tensor {key} is {list(stored)} in "
+                           f"{checkpoint.tensors[key].file.name}, but config.json implies {list(tensor.shape)}: "
+                           "the config and the weights disagree")
 
 
 def _assign(module: nn.Module, rel: str, value: torch.Tensor) -> None:
@@ -107,7 +104,7 @@ def materialize(block: nn.Module, tensors: dict[str, torch.Tensor], device: torc
 def pre_layer_weights(skeleton: nn.Module, checkpoint: Checkpoint, layout: Layout, device: torch.device):
     """Inside: every module outside the decoder layers loads its parameters from the checkpoint when it is
     first called (the LM head and final norm never are while capturing); after, they are meta again."""
-    path = adapter_for(skeleton).layers
+    path = layers_path(skeleton)
     aliases: dict[int, list[str]] = {}
     for name, param in skeleton.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(param), []).append(name)
@@ -151,16 +148,16 @@ def working_bytes(skeleton: nn.Module, config: PruneConfig, batch_tokens: int, i
     the torch path (fp32 scores, sort values, int64 indices, bool mask: 17 B per weight; plus in² × 8 B per
     linear for SparseGPT's Hessians and their factors when its update is on). benchmarks/bench_streaming.py
     compares it with a measured run."""
-    linears = list(find_linears(decoder_layers(skeleton)[0]).values())
-    widest = max(max(m.weight.shape) for m in linears)
+    matrices = [target.matrix() for target in targets(decoder_layers(skeleton)[0]).values()]
+    widest = max(max(w.shape) for w in matrices)
     hidden = getattr(skeleton.config, "hidden_size", widest)
     forward = batch_tokens * (3 * widest * itemsize + 2 * widest * 4 + 4 * hidden * itemsize)
     if getattr(skeleton.config, "_attn_implementation", "eager") == "eager":
         heads = getattr(skeleton.config, "num_attention_heads", 1)
         forward += 2 * config.batch_size * heads * config.seqlen ** 2 * itemsize
-    pruning = 17 * max(m.weight.numel() for m in linears)
+    pruning = 17 * max(w.numel() for w in matrices)
     if getattr(config, "update", "none") == "obs":
-        pruning += sum(m.weight.shape[-1] ** 2 * 8 for m in linears)
+        pruning += sum(w.shape[-1] ** 2 * 8 for w in matrices)
     return max(forward, pruning)
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, TfpruneError
-from .adapters import adapter_for, decoder_layers, find_linears
+from .discovery import decoder_layers, layers_path, targets
 from .checkpoint import CODES, DTYPES, Checkpoint
 
 __all__ = ["OUTPUT_FORMATS", "OutputFormat"]
@@ -55,16 +55,17 @@ class OutputFormat:
                 return False
             return weight is None or first_violation(weight, n, m) is None
 
-        path = adapter_for(skeleton).layers
+        path = layers_path(skeleton)
         for index, block in enumerate(decoder_layers(skeleton)):
             keys = {rel: key for key, rel in layout.layers[index].items() if rel is not None}
-            for name, module in find_linears(block).items():
+            pruned = {target.module_name for target in targets(block).values() if target.is_linear}
+            for name, module in block.named_modules():
                 if not isinstance(module, nn.Linear):
-                    continue  # Conv1D: written dense, as the in-memory writer does
+                    continue  # Conv1D and fused experts: written dense, as the in-memory writer does
                 key = keys[f"{name}.weight"]
                 info = checkpoint.tensors[key]
                 self.counted[key] += 1
-                if packable(DTYPES[info.dtype], info.shape):  # pruned 2:4 by the run
+                if name in pruned and packable(DTYPES[info.dtype], info.shape):  # pruned 2:4 by the run
                     self.packed.add(key)
                 else:
                     self.ignore.append(f"{path}.{index}.{name}")

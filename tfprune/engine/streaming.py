@@ -14,6 +14,7 @@ read back and verified.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -31,16 +32,17 @@ from tqdm.auto import tqdm
 
 from ..config import PruneConfig
 from ..errors import ConfigError, TfpruneError
-from ..io import REPORT_FILE, check_output_dir, commit_output_dir
+from ..outdir import OutputAppearedError, check_free_space, check_output_dir, commit_output_dir, write_marker
 from ..report import LayerReport, PruneReport
-from .activations import ActivationStore, MemoryBudget, choose_tier, free_memory, tensor_nbytes
-from .adapters import adapter_for, decoder_layers, find_linears
+from ..source import compressed_tensors_format, load_config, load_tokenizer, resolved_checkpoint
+from .activations import ActivationStore, MemoryBudget, choose_tier, free_memory
+from .capture import arguments_nbytes, capture_layer_inputs, first_block_input, output_form
 from .checkpoint import DTYPES, INDEX_FILE, Checkpoint, ShardFiles, parse_size, plan_shards
+from .discovery import decoder_layers, targets
 from .manifest import Manifest, partial_dir
-from .sequential import (block_outlier_ratio, calibration_streams, capture_layer_inputs, check_prunable,
-                         prune_block, run_block)
-from .skeleton import (Layout, build_skeleton, free, layer_bytes, materialize, pre_layer_weights, resolved_checkpoint,
-                       working_bytes)
+from .sequential import (block_outlier_ratio, calibration_streams, check_prunable, effective_batch_size,
+                         forward_block, prune_block)
+from .skeleton import Layout, build_skeleton, free, layer_bytes, materialize, pre_layer_weights, working_bytes
 from .stream_output import OUTPUT_FORMATS, OutputFormat
 
 __all__ = ["prune_streaming", "should_stream", "StreamingSummary", "KILL_AFTER_LAYER_ENV"]
@@ -128,17 +130,21 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
                     contrast_calib=None, *, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                     max_memory: str | MemoryBudget | None = None, shard_size: str | int = "5GB",
                     output_format: str = "dense", overwrite: bool = False, progress: bool = True,
-                    extra: dict | None = None) -> tuple[PruneReport, StreamingSummary]:
+                    extra: dict | None = None, inputs=()) -> tuple[PruneReport, StreamingSummary]:
     """Prune the checkpoint `model` (a local Hugging Face directory with safetensors, a hub id or
     builtin:FAMILY) layer by layer into `out`, resuming a partial run of the same command.
 
+    tokenizer: a tokenizer, or a path / hub id to load it from (default: the model directory's).
     dtype: compute dtype (default: the checkpoint's); every tensor is written in its checkpoint dtype.
     max_memory: the activation budget ('40GiB' for the device, or 'device=40GiB,host=100GiB'; default: the
     free memory). shard_size: the most tensor bytes per output shard. output_format: 'dense' or
-    'compressed-tensors' (2:4 linears as sparse-24-bitmask). Returns (PruneReport, StreamingSummary).
-    """
-    from transformers import AutoConfig, AutoTokenizer
+    'compressed-tensors' (2:4 linears as sparse-24-bitmask). inputs: other paths the run reads (calibration
+    files), which `out` may not touch (tfprune.outdir). Returns (PruneReport, StreamingSummary).
 
+    The partial output `.{out}.tfprune-partial` is kept when the run is interrupted (rerun the same command to
+    resume). When the run stops on bad input (TfpruneError: the fix changes the command or the checkpoint, so
+    it cannot resume), the partial directory is removed if this run created it, else kept and named.
+    """
     from .. import __version__
     from ..models import DTYPES as NAMED
 
@@ -151,11 +157,17 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
         raise ConfigError(f"output format {output_format!r} is not supported; choose one of "
                           f"{', '.join(OUTPUT_FORMATS)}")
     budget = max_memory if isinstance(max_memory, MemoryBudget) else MemoryBudget.parse(max_memory)
-    out = check_output_dir(out, overwrite)
+    shard_bytes = parse_size(shard_size)
     requested = NAMED[dtype] if isinstance(dtype, str) else dtype
-    with resolved_checkpoint(model, requested) as (folder, model_id):
-        hf_config = AutoConfig.from_pretrained(folder)
-        adapter_for(hf_config)
+    with resolved_checkpoint(model, requested) as source:
+        folder = source.folder
+        inputs = (*inputs, None if source.ephemeral else folder,
+                  tokenizer if isinstance(tokenizer, (str, Path)) else None)
+        out = check_output_dir(out, overwrite, inputs)
+        hf_config = load_config(folder)
+        if compressed_tensors_format(folder) is not None:
+            raise TfpruneError(f"{folder} is a compressed-tensors checkpoint: the streaming engine reads dense "
+                               "weights; prune it in memory (--no-streaming)")
         checkpoint = Checkpoint(folder)
         compute = requested or getattr(hf_config, "dtype", None) or checkpoint.floating_dtype()
         compute = getattr(torch, compute) if isinstance(compute, str) else compute
@@ -163,17 +175,20 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
         check_prunable(skeleton, config)
         layout = Layout(skeleton, checkpoint)
         fmt = OutputFormat(output_format, skeleton, layout, checkpoint, config)
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
+        if tokenizer is None or isinstance(tokenizer, (str, Path)):
+            tokenizer = load_tokenizer(folder, tokenizer)
         streams = calibration_streams(tokenizer, config, calib, contrast_calib)
         specs = [spec for name in layout.non_layer + [k for layer in layout.layers for k in layer]
                  for spec in fmt.outputs(name, checkpoint.tensors[name].dtype, checkpoint.tensors[name].shape)]
-        plan = plan_shards(specs, parse_size(shard_size))
-        identity = {"tfprune": __version__, "model": model_id, "checkpoint": checkpoint.fingerprint(),
+        plan = plan_shards(specs, shard_bytes)
+        identity = {"tfprune": __version__, "model": source.identity,
+                    "checkpoint": checkpoint.fingerprint(mtimes=not source.ephemeral),
                     "options": config.to_dict(), "calibration": _calibration_digest(streams),
                     "dtype": str(compute), "device": device.type, "format": output_format,
-                    "shard_size": parse_size(shard_size), "plan": plan.digest()}
+                    "shard_size": shard_bytes, "plan": plan.digest()}
         tmp = partial_dir(out)
+        created = not tmp.exists()
+        check_free_space(out.parent, sum(plan.sizes) - _allocated(tmp), f"the output shards of {out.name}")
         manifest = Manifest.open(tmp, identity)
         run = _Run(skeleton, checkpoint, layout, fmt, ShardFiles(tmp, plan), manifest, config, device, compute,
                    budget, streams, StreamingSummary(layers=len(layout.layers), shards=len(plan.files)), progress)
@@ -181,15 +196,36 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
             report = run.execute()
             run.summary.seconds = report.seconds = time.perf_counter() - start
             run.finish(folder, tokenizer, report, extra)
-            commit_output_dir(tmp, out)  # the manifest goes after: a crash in between leaves a complete `out`
-            manifest.remove_files(out)
-        except BaseException:
+            commit_output_dir(tmp, out, overwrite, inputs)  # the manifest goes after: a crash in between
+            manifest.remove_files(out)                       # leaves a complete `out`
+        except TfpruneError as error:
             run.close()
-            log.error("streaming run interrupted; the partial output is kept in %s: run the same command again "
-                      "to resume", tmp)
+            if isinstance(error, OutputAppearedError):
+                raise
+            if created:
+                shutil.rmtree(tmp, ignore_errors=True)
+                log.error("bad input: the partial output of this run was removed (fix the input and rerun)")
+            else:
+                log.error("bad input: the partial output of an earlier run is kept in %s; once the input is fixed "
+                          "it cannot be resumed: delete it", tmp)
+            raise
+        except BaseException as error:
+            run.close()
+            if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                log.error("the disk is full: free space, then run the same command again to resume from %s", tmp)
+            else:
+                log.error("streaming run interrupted; the partial output is kept in %s: run the same command "
+                          "again to resume", tmp)
             raise
     log.info("%s", run.summary.line())
     return report, run.summary
+
+
+def _allocated(folder: Path) -> int:
+    """Bytes already allocated on disk by the files of a partial output (its shards are sparse files)."""
+    if not folder.is_dir():
+        return 0
+    return sum(path.stat().st_blocks * 512 for path in folder.iterdir() if path.is_file())
 
 
 def _calibration_digest(streams: dict) -> str:
@@ -313,8 +349,9 @@ class _Run:
         """Embed every calibration batch (the first block's inputs), kept in the tier the budget allows."""
         config, skeleton, itemsize = self.config, self.skeleton, self.compute.itemsize
         hidden_size = skeleton.config.hidden_size
+        batch_size = effective_batch_size(skeleton, config)
         batches = [(stream, batch) for stream, calibration in self.streams.items()
-                   for batch in calibration.batches(config.batch_size)]
+                   for batch in calibration.batches(batch_size)]
         activations = sum(ids.numel() * hidden_size * itemsize for _, (ids, _) in batches)
         largest = max(ids.numel() for _, (ids, _) in batches)
         fixed = layer_bytes(skeleton, itemsize) + working_bytes(skeleton, config, largest, itemsize)
@@ -324,24 +361,31 @@ class _Run:
         store = ActivationStore(tier, self.device, self.shards.folder / SCRATCH_FILE)
         store.reserve(activations, len(batches))
         with pre_layer_weights(skeleton, self.checkpoint, self.layout, self.device):
+            form = self._output_form(batches[0][1])
             for stream, batch in batches:
-                (item,) = capture_layer_inputs(skeleton, _OneBatch(batch), stream, config.batch_size,
-                                               device=self.device)
+                (item,) = capture_layer_inputs(skeleton, _OneBatch(batch), stream, batch_size, device=self.device,
+                                               form=form)
                 store.append(item)
-        arguments = sum(tensor_nbytes((item.args, item.kwargs, item.token_mask)) for item in store.items)
-        log.info("block arguments (masks, positions): %.2f GiB on %s", arguments / 2**30, self.device)
+        log.info("block arguments (masks, positions): %.2f GiB on %s", arguments_nbytes(store.items) / 2**30,
+                 self.device)
         return store
+
+    def _output_form(self, batch):
+        """How the blocks shape their output (tfprune.engine.capture.output_form), learnt from the first block
+        on the first prompt of `batch`; the first layer is read for it and freed again."""
+        ids, mask = (tensor[:1].to(self.device) for tensor in batch)
+        hidden, args, kwargs = first_block_input(self.skeleton, ids, mask)
+        block = self._materialize(0, self.checkpoint.load(list(self.layout.layers[0])))
+        try:
+            return output_form(block, hidden, args, kwargs)
+        finally:
+            free(block)
 
     def _materialize(self, index: int, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
         block = decoder_layers(self.skeleton)[index]
         materialize(block, {rel: tensors[key] for key, rel in self.layout.layers[index].items() if rel is not None},
                     self.device)
         return block
-
-    def _forward(self, block: torch.nn.Module) -> None:
-        """Replace every batch by the block's output (the next block's input)."""
-        for i in range(len(self.store)):
-            self.store.put(i, run_block(block, self.store[i]))
 
     def owl_sparsities(self) -> list[float]:
         """Uniform, or OWL's: one dense pass over the layers (read from the checkpoint) for the outlier ratios,
@@ -357,8 +401,8 @@ class _Run:
         ratios = []
         for index, mapping in enumerate(self.layout.layers):
             block = self._materialize(index, self.checkpoint.load(list(mapping)))
-            ratios.append(block_outlier_ratio(block, self.store, config))
-            self._forward(block)
+            ratios.append(block_outlier_ratio(block, index, self.store, config))
+            forward_block(block, index, self.store)
             free(block)
         sparsities = masks.owl_sparsities(ratios, config.sparsity, config.owl[1])
         self.manifest.set("owl", sparsities)
@@ -378,7 +422,7 @@ class _Run:
                 return index
             block = self._materialize(index, tensors)
             del tensors
-            self._forward(block)
+            forward_block(block, index, self.store)
             free(block)
         if finished:
             log.info("resumed: %d of %d layers were finished and verified", finished, len(self.layout.layers))
@@ -405,7 +449,7 @@ class _Run:
                     checksums, zeros, numel = self._write_layer(block, mapping, tensors)
                     del tensors
                 with summary.phase("forward"):
-                    self._forward(block)
+                    forward_block(block, index, self.store)
                 free(block)
                 with summary.phase("write"):
                     self.shards.sync()
@@ -426,7 +470,7 @@ class _Run:
         """Write one pruned layer: pruned weights from the block (in their checkpoint dtype, packed by the
         format), the other tensors as read. The block keeps what a resumed run will read back (the dtype
         round trip, the packing round trip) for its output forward."""
-        pruned = {f"{name}.weight" for name in find_linears(block)}
+        pruned = {target.parameter_name for target in targets(block).values()}
         params = block.state_dict(keep_vars=True)
         checksums, zeros, numel = {}, 0, 0
         for key, rel in mapping.items():
@@ -480,7 +524,6 @@ class _Run:
             (tmp / "config.json").write_text(config_text, encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        record = {"config": self.config.to_dict(), "report": report.to_dict(), "streaming": asdict(self.summary),
-                  "format": self.fmt.name, **(extra or {})}
-        (tmp / REPORT_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+        write_marker(tmp, "prune", {"config": self.config.to_dict(), "report": report.to_dict(),
+                                    "streaming": asdict(self.summary), "format": self.fmt.name, **(extra or {})})
         self.manifest.release()

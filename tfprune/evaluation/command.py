@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 from pathlib import Path
 
 from ..errors import TfpruneError
 from .runner import EvalConfig, build_report, evaluate_model, format_report, load_task_data
 
-__all__ = ["add_parser", "run", "format_harness", "load_for_inference"]
+__all__ = ["add_parser", "run", "format_harness", "load_for_inference", "check_report_path", "write_report"]
 
 
 def add_parser(sub) -> None:
@@ -37,25 +38,55 @@ def add_parser(sub) -> None:
     e.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     e.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: the checkpoint's)")
     e.add_argument("--out", default=None, help="write the JSON report (every prediction included) here")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out report written by tfprune eval")
 
 
 def load_for_inference(spec: str, dtype: str | None = None, device: str = "cpu"):
     """(model, tokenizer) like `tfprune prune` loads them; a directory holding a compressed-tensors 2:4
     checkpoint (tfprune.sparse.save_compressed_tensors) loads through tfprune.from_pretrained, packed."""
-    import torch
+    from ..models import load_model, parse_device
+    from ..source import compressed_tensors_format, load_config, load_tokenizer
 
-    from ..models import load_model
+    device = str(parse_device(device))
+    folder = Path(spec)
+    if (folder / "config.json").is_file():
+        load_config(folder)
+        if compressed_tensors_format(folder) is not None:
+            from ..sparse import from_pretrained
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TfpruneError("--device cuda was asked for, but torch sees no CUDA device")
-    config = Path(spec) / "config.json"
-    if config.is_file() and "quantization_config" in json.loads(config.read_text(encoding="utf-8")):
-        from transformers import AutoTokenizer
-
-        from ..sparse import from_pretrained
-
-        return from_pretrained(spec, device=device, dtype=dtype), AutoTokenizer.from_pretrained(spec)
+            tokenizer = load_tokenizer(folder)
+            return from_pretrained(spec, device=device, dtype=dtype), tokenizer
     return load_model(spec, dtype, device)
+
+
+def check_report_path(path: Path, overwrite: bool, inputs) -> None:
+    """The eval report may not replace a file tfprune did not write (only, with overwrite, an earlier eval
+    report: a JSON object with "kind": "eval"), nor lie inside an input."""
+    resolved = path.parent.resolve() / path.name
+    for source in inputs:
+        source = source.resolve()
+        if resolved == source or source in resolved.parents:
+            raise TfpruneError(f"--out {path} lies inside the input {source}: write the report elsewhere")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise TfpruneError(f"--out {path} exists and is not a regular file")
+    if path.exists():
+        if not overwrite:
+            raise TfpruneError(f"--out {path} exists (--overwrite replaces an earlier tfprune eval report)")
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            previous = None
+        if not (isinstance(previous, dict) and previous.get("kind") == "eval"):
+            raise TfpruneError(f"--out {path} is not a tfprune eval report: not replaced; choose another path")
+
+
+def write_report(path: Path, report: dict, overwrite: bool) -> None:
+    """Write the JSON report atomically (a temporary sibling renamed over `path`), checked again first."""
+    check_report_path(path, overwrite, [])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"kind": "eval", **report}, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def format_harness(harness: dict) -> str:
@@ -81,6 +112,9 @@ def run(args) -> int:
                         n=args.n or None, seed=args.seed, data=args.data, split=args.split,
                         batch_size=args.batch_size, resamples=args.bootstrap, ppl=ppl, ppl_n=args.ppl_n)
     harness_tasks = [task for task in (args.harness or "").split(",") if task]
+    if args.out:
+        check_report_path(Path(args.out), args.overwrite, [Path(p) for p in (args.model, args.baseline, args.data)
+                                                             if p and Path(p).exists()])
     if harness_tasks:
         require_lm_eval()  # before any model is loaded
     data = load_task_data(config)  # fail on missing data before any model is loaded
@@ -102,7 +136,6 @@ def run(args) -> int:
     if text:
         print(text)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1))
+        write_report(Path(args.out), report, args.overwrite)
         print(f"wrote {args.out}")
     return 0

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TfpruneError
+from ..textfiles import read_jsonl, text_field
 
 __all__ = ["Task", "TASKS", "XNLI", "MARC2", "load_examples", "local_languages", "sample_examples"]
 
@@ -51,46 +52,35 @@ MARC2 = Task("marc2", "mteb/amazon_reviews_multi", ("de", "en", "es", "fr", "ja"
 TASKS = {task.name: task for task in (XNLI, MARC2)}
 
 
+def _integer(record: dict, key: str, where: str, low: int, high: int) -> int:
+    """record[key] as an int in [low, high]; booleans, floats and strings are errors, never coerced."""
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise TfpruneError(f"{where}: {key!r} must be an integer in [{low}, {high}], got {json.dumps(value)}")
+    return value
+
+
 def _normalize(task: Task, record: dict, where: str) -> dict | None:
     """The record as {fields..., "label": int}, or None for a MARC 3-star review (neither class)."""
     if task.name == "marc2":
-        text = record.get("text", record.get("review_body"))
-        if text is None:
-            raise TfpruneError(f"{where}: a marc2 record needs 'text' (or 'review_body')")
+        key = "text" if "text" in record else "review_body"
+        text = text_field(record, key, where)
         if "stars" in record:
-            stars = int(record["stars"])
-            if not 1 <= stars <= 5:
-                raise TfpruneError(f"{where}: stars must be 1..5, got {stars}")
+            stars = _integer(record, "stars", where, 1, 5)
             return None if stars == 3 else {"text": text, "label": int(stars > 3)}
-        label = record.get("label")
-        if label not in (0, 1):
-            raise TfpruneError(f"{where}: a marc2 label must be 0 (negative) or 1 (positive), got {label!r}")
-        return {"text": text, "label": label}
-    missing = [field for field in (*task.fields, "label") if field not in record]
-    if missing:
-        raise TfpruneError(f"{where}: an {task.name} record needs fields {missing}")
-    label = record["label"]
-    if not isinstance(label, int) or not 0 <= label < len(task.label_words):
-        raise TfpruneError(f"{where}: label must be an integer in [0, {len(task.label_words)}), got {label!r}")
-    return {**{field: record[field] for field in task.fields}, "label": label}
+        if "label" not in record:
+            raise TfpruneError(f"{where}: a marc2 record needs 'label' (0 negative, 1 positive) or 'stars' (1..5)")
+        return {"text": text, "label": _integer(record, "label", where, 0, 1)}
+    if "label" not in record:
+        raise TfpruneError(f"{where}: an {task.name} record needs a 'label'")
+    fields = {field: text_field(record, field, where) for field in task.fields}
+    return {**fields, "label": _integer(record, "label", where, 0, len(task.label_words) - 1)}
 
 
 def local_languages(task: Task, data: str | Path) -> list[str]:
     """Languages with a `{lang}.jsonl` file in DIR/{task}/."""
     folder = Path(data) / task.name
     return sorted(path.stem for path in folder.glob("*.jsonl"))
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    records.append((f"{path}:{number}", json.loads(line)))
-                except json.JSONDecodeError as error:
-                    raise TfpruneError(f"{path}:{number}: not JSON ({error})") from None
-    return records
 
 
 def _hub_records(task: Task, lang: str, split: str) -> list[tuple[str, dict]]:
@@ -120,7 +110,7 @@ def load_examples(task: Task, lang: str, data: str | Path | None = None, split: 
         path = Path(data) / task.name / f"{lang}.jsonl"
         if not path.is_file():
             raise TfpruneError(f"no {task.name} data for {lang!r}: {path} does not exist")
-        records = _read_jsonl(path)
+        records = read_jsonl(path)
     else:
         records = _hub_records(task, lang, split)
     examples = [example for where, record in records if (example := _normalize(task, record, where)) is not None]

@@ -22,7 +22,8 @@ from ..errors import TfpruneError
 from .formats import PackedWeight, SparseFormatError, _nonzero, pack
 from .linear import SparseLinear, skip_reason
 
-__all__ = ["save_compressed_tensors", "from_pretrained", "SPARSITY_FORMAT", "COMPRESSED_PARAMS"]
+__all__ = ["save_compressed_tensors", "from_pretrained", "densify_", "check_bitmask", "sparsity_format",
+           "SPARSITY_FORMAT", "COMPRESSED_PARAMS"]
 
 log = logging.getLogger("tfprune")
 
@@ -106,7 +107,7 @@ def _tensor_files(path: Path) -> dict[str, Path]:
     return names
 
 
-def _sparsity_format(config: dict, path: Path) -> str | None:
+def sparsity_format(config: dict, path: Path) -> str | None:
     """None for a plain checkpoint, else the compressed-tensors sparsity format it uses (checked)."""
     quant = config.get("quantization_config") or config.get("compression_config")
     if not quant or quant.get("quant_method") != "compressed-tensors":
@@ -140,7 +141,7 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise TfpruneError(f"{path} has no config.json: not a Hugging Face model directory")
-    if _sparsity_format(json.loads(config_file.read_text(encoding="utf-8")), path) is None:
+    if sparsity_format(json.loads(config_file.read_text(encoding="utf-8")), path) is None:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
         return model.to(device).eval()
     from accelerate import init_empty_weights
@@ -168,8 +169,9 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype:
         shape = tuple(int(v) for v in load(f"{prefix}.shape").flatten().tolist())
         if not isinstance(module, nn.Linear) or shape != (module.out_features, module.in_features):
             raise TfpruneError(f"{path}: packed weight {prefix} {shape} does not fit the model's {module}")
-        values = load(f"{prefix}.compressed")
-        packed = PackedWeight("bitmask", shape, values.dtype, values, load(f"{prefix}.bitmask"))
+        values, bitmask = load(f"{prefix}.compressed"), load(f"{prefix}.bitmask")
+        check_bitmask(f"{path}: {prefix}", shape, values, bitmask)
+        packed = PackedWeight("bitmask", shape, values.dtype, values, bitmask)
         bias = load(f"{prefix}.bias") if f"{prefix}.bias" in files else None
         parent_name, _, child = prefix.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child,
@@ -190,6 +192,61 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype:
         pass
     log.info("loaded %s: %d SparseLinear layers (%s)", path, len(prefixes), format)
     return model.to(device).eval()
+
+
+# popcount of each nibble of a byte: _NIBBLE_BITS[b] = (bits of b & 15) + 16 * (bits of b >> 4)
+_NIBBLE_BITS = torch.tensor([bin(b & 15).count("1") + 16 * bin(b >> 4).count("1") for b in range(256)],
+                            dtype=torch.uint8)
+
+
+def check_bitmask(where: str, shape: tuple[int, ...], values: torch.Tensor, bitmask: torch.Tensor) -> None:
+    """Validate one packed sparse-24-bitmask weight before it is used: the dense `shape` (rows, cols), the kept
+    values [rows, cols/2] and the bitmask uint8 [rows, ceil(cols/8)] must agree, and every group of 4 columns
+    must mark exactly 2 kept weights (the padding nibble of an odd last byte none). One table lookup per
+    byte; raises SparseFormatError naming `where`, the first bad row and group."""
+    if len(shape) != 2 or min(shape) < 1 or shape[1] % 4:
+        raise SparseFormatError(f"{where}: packed shape {list(shape)} is not [rows, cols] with cols a multiple of 4")
+    rows, cols = shape
+    if tuple(values.shape) != (rows, cols // 2):
+        raise SparseFormatError(f"{where}: {list(values.shape)} kept values for a [{rows}, {cols}] weight "
+                                f"(expected [{rows}, {cols // 2}])")
+    if bitmask.dtype != torch.uint8 or tuple(bitmask.shape) != (rows, -(-cols // 8)):
+        raise SparseFormatError(f"{where}: bitmask {bitmask.dtype} {list(bitmask.shape)}, expected uint8 "
+                                f"[{rows}, {-(-cols // 8)}]")
+    counts = _NIBBLE_BITS.to(bitmask.device)[bitmask.long()]  # [rows, bytes]
+    low, high = counts % 16, counts // 16
+    expected_high = torch.full_like(high, 2)
+    if cols % 8:
+        expected_high[:, -1] = 0
+    bad = (low != 2) | (high != expected_high)
+    if bool(bad.any()):
+        row, byte = (int(v) for v in bad.nonzero()[0])
+        group = 2 * byte + int(low[row, byte] == 2)
+        raise SparseFormatError(f"{where}: row {row}, group {group} of its bitmask does not mark exactly 2 of 4 "
+                                "weights: not a valid 2:4 bitmask (a corrupt or tampered checkpoint)")
+
+
+@torch.no_grad()
+def densify_(model: nn.Module) -> int:
+    """Replace every SparseLinear of `model` by an nn.Linear with its dense weight and drop the
+    compressed-tensors quantization_config from model.config: a loaded 2:4 checkpoint becomes a plain model
+    (to prune again, or to save dense). Returns the number of layers replaced."""
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, SparseLinear):
+            continue
+        weight = module.dense_weight()
+        linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                           device=weight.device, dtype=weight.dtype)
+        linear.weight.copy_(weight)
+        if module.bias is not None:
+            linear.bias.copy_(module.bias)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+        replaced += 1
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    return replaced
 
 
 def _sparse_linear(packed: PackedWeight, bias, format: str, device: torch.device) -> SparseLinear:

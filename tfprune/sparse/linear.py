@@ -71,7 +71,7 @@ class SparseLinear(nn.Module):
     def from_linear(cls, linear: nn.Module, format: str = "cutlass") -> SparseLinear:
         """Pack the 2:4 weight of an nn.Linear (or transformers' Conv1D) in `format` ('cutlass' | 'bitmask').
         Raises SparseFormatError when it is not 2:4 or its shape/dtype does not fit the format."""
-        from ..engine.adapters import weight_matrix
+        from ..engine.discovery import weight_matrix
 
         return cls(pack(weight_matrix(linear), format), getattr(linear, "bias", None))
 
@@ -188,7 +188,7 @@ def _linear_types() -> tuple[type, ...]:
 def skip_reason(module: nn.Module, format: str, device: torch.device | None = None) -> str | None:
     """Why `module` (nn.Linear / Conv1D) cannot become a SparseLinear in `format`, or None. device: where
     it will run (default: the weight's); on CUDA the CUTLASS kernel's constraints apply too."""
-    from ..engine.adapters import weight_matrix
+    from ..engine.discovery import weight_matrix
 
     weight = weight_matrix(module)
     try:

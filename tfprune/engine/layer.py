@@ -1,0 +1,96 @@
+"""Pruning one weight matrix of a decoder block from its calibration statistics: score, mask, zero (and
+SparseGPT's OBS update), then its LayerReport.
+
+A matrix that received no calibration token (an expert the router never chose) has no activation statistics:
+it is pruned by magnitude |W| (the best data-free score), without the OBS update, and its report says so; no
+score divides by its zero norms."""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from .. import masks, ops, sparsegpt
+from ..config import PruneConfig
+from ..errors import NonFiniteActivationError
+from ..features import protected_channels, top_channels
+from ..report import LayerReport
+from ..stats import ChannelStats
+from .discovery import Target
+
+__all__ = ["prune_target", "UNSEEN_NOTE"]
+
+log = logging.getLogger("tfprune")
+UNSEEN_NOTE = "no calibration token reached it: pruned by magnitude"
+
+
+def prune_target(name: str, target: Target, stats: dict[str, ChannelStats], config: PruneConfig,
+                 sparsity: float, seed: int, hessian=None) -> LayerReport:
+    """Score, mask and zero one matrix in place; returns its report. stats: {stream: ChannelStats} of its
+    input; hessian: its sparsegpt.HessianFactor (or H = XᵀX [in, in]), needed when config.update == 'obs'."""
+    start = time.perf_counter()
+    weight = target.matrix()
+    translation = stats["translation"]
+    translation.check_finite(name)
+    contrast = stats.get("contrast")
+    if contrast is not None:
+        contrast.check_finite(f"{name} (contrast stream)")
+    if int(translation.n) == 0:
+        log.info("%s: %s", name, UNSEEN_NOTE)
+        ops.prune_weight_(weight, "magnitude", sparsity=sparsity, nm=config.nm)
+        return _report(name, weight, translation, None, 0, config, sparsity, start, UNSEEN_NOTE)
+    rule = config.protect_rule
+    protect = protected_channels(translation, rule) if rule is not None else None
+    if config.update == "obs":
+        hessian = _obs_hessian(name, hessian, translation, config)
+    if config.method == "sparsegpt":
+        selection = {"nm": config.nm} if config.nm is not None else {"sparsity": sparsity}
+        result = sparsegpt.sparsegpt_prune_(weight, hessian, protect=protect, blocksize=config.obs_blocksize,
+                                            name=name, **selection)
+        log.debug("%s: OBS loss %.4g, dampening %.3g, %d dead channels", name, result.loss, result.dampening,
+                  result.dead)
+        return _report(name, weight, translation, protect, result.violations, config, sparsity, start)
+    # one fused score + mask (+ apply) pass; the OBS update needs the mask before the weights change
+    keep = ops.prune_weight_(weight, config.method, sparsity=sparsity, nm=config.nm, norm=translation.norm,
+                             contrast_norm=None if contrast is None else contrast.norm, protect=protect, seed=seed,
+                             apply=config.update != "obs")
+    violations = 0
+    if config.nm is not None and protect is not None:
+        n, m = config.nm
+        violations = masks.nm_violations(protect, n, m, weight.shape[0])
+    if config.update == "obs":
+        sparsegpt.sparsegpt_prune_(weight, hessian, keep=keep, blocksize=config.obs_blocksize, name=name)
+        ops.apply_mask_(weight, keep)
+    return _report(name, weight, translation, protect, violations, config, sparsity, start)
+
+
+def _report(name: str, weight: torch.Tensor, translation: ChannelStats, protect, violations: int,
+            config: PruneConfig, sparsity: float, start: float, note: str = "") -> LayerReport:
+    """The report of one pruned matrix (weight: its pruned [out, in] view); refuses a non-finite result."""
+    if not bool(torch.isfinite(weight).all()):
+        raise NonFiniteActivationError(f"{name}: the pruned weight holds NaN/Inf; nothing was written "
+                                       "(check the model's dtype and the calibration)")
+    return LayerReport(
+        name=name,
+        shape=tuple(weight.shape),
+        target_sparsity=sparsity,
+        sparsity=float((weight == 0).sum()) / weight.numel(),
+        top_channels=top_channels(translation, config.report_topk) if int(translation.n) else [],
+        protected=[] if protect is None else protect.nonzero().flatten().tolist(),
+        violations=violations,
+        seconds=time.perf_counter() - start,
+        tokens=int(translation.n),
+        note=note,
+    )
+
+
+def _obs_hessian(name: str, hessian, stats: ChannelStats, config: PruneConfig) -> sparsegpt.HessianFactor:
+    """The layer's HessianFactor, checked against its channel statistics (diag H must be their Σx²)."""
+    if hessian is None:
+        raise RuntimeError(f"{name}: update 'obs' needs the layer's Hessian: pass "
+                           "collect_block_stats(..., hessians=sparsegpt.HessianCollector()) results to prune_target")
+    if not isinstance(hessian, sparsegpt.HessianFactor):
+        hessian = sparsegpt.factorize(hessian, config.dampening, name)
+    sparsegpt.check_hessian(hessian, stats.sumsq, name)
+    return hessian
