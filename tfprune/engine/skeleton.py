@@ -10,73 +10,93 @@ from torch import nn
 
 from ..config import PruneConfig
 from ..errors import TfpruneError
-from .checkpoint import Checkpoint
+from .checkpoint import DTYPES, Checkpoint
 from .discovery import decoder_layers, layers_path, targets
+from .keymap import KeyGroup, KeyMap
 
 __all__ = ["build_skeleton", "Layout", "materialize", "free", "pre_layer_weights", "working_bytes", "layer_bytes"]
 
 
 class Layout:
-    """How checkpoint tensors map onto the skeleton, checked before any work. key(model key) -> checkpoint key
-    (also without the base model prefix, as older checkpoints store them) or None; layers[i]: {checkpoint key:
-    name inside the block, or None for a tensor the model lacks (copied through)}; non_layer: the other
-    checkpoint keys. Every parameter of the model must be in the checkpoint with the shape its config implies
-    (tied parameters under any of their names)."""
+    """How the checkpoint's tensors make the skeleton's, checked before any work (tfprune.engine.keymap: the
+    renamings and conversions transformers applies when loading).
+
+    layers[i]: the key groups that make decoder layer i's tensors; passthrough[i]: checkpoint keys under layer
+    i's prefix that make no model tensor (copied through); layer_keys[i]: every checkpoint key of layer i;
+    non_layer: the other checkpoint keys (embeddings, final norm, LM head...). Every tensor of every decoder
+    layer, and every parameter outside them (tied ones under any of their names), must come from the checkpoint
+    with the shape its config implies."""
 
     def __init__(self, skeleton: nn.Module, checkpoint: Checkpoint):
-        names = checkpoint.tensors
-        prefix = getattr(skeleton, "base_model_prefix", "") + "."
-
-        def key(model_key: str) -> str | None:
-            if model_key in names:
-                return model_key
-            stripped = model_key[len(prefix):] if model_key.startswith(prefix) else None
-            return stripped if stripped in names else None
-
-        self.key = key
-        path = layers_path(skeleton)
-        self.layers: list[dict[str, str | None]] = []  # per layer: {checkpoint key: relative name or None}
-        assigned: set[str] = set()
-        for index, block in enumerate(decoder_layers(skeleton)):
-            mapping: dict[str, str | None] = {}
-            ckpt_prefix = None
-            for rel, tensor in block.state_dict(keep_vars=True).items():
-                found = key(f"{path}.{index}.{rel}")
-                if found is None:
-                    raise TfpruneError(_missing(checkpoint, f"{path}.{index}.{rel}"))
-                _check_shape(checkpoint, found, tensor)
-                mapping[found] = rel
-                ckpt_prefix = found[: -len(rel)]
-            for name in names:
-                if name.startswith(ckpt_prefix) and name not in mapping:
-                    mapping[name] = None  # in the checkpoint, not in the model: copied through
-            self.layers.append(dict(sorted(mapping.items())))
-            assigned.update(mapping)
-        self.non_layer = [name for name in names if name not in assigned]
+        self.keymap = KeyMap(skeleton, {name: (DTYPES.get(info.dtype, torch.uint8), info.shape)
+                                        for name, info in checkpoint.tensors.items()})
+        self.path = layers_path(skeleton)
+        blocks = decoder_layers(skeleton)
+        self.layers: list[list[KeyGroup]] = [[] for _ in blocks]
+        outside: list[KeyGroup] = []
+        for group in self.keymap.groups:
+            index = self.layer_of(group.targets[0])
+            if index is not None and any(self.layer_of(t) != index for t in group.targets):
+                raise TfpruneError(f"checkpoint tensors {group.sources[:2]} make tensors of several decoder layers: "
+                                   "tfprune cannot stream this model; prune it in memory")
+            (outside if index is None else self.layers[index]).append(group)
+        for index, block in enumerate(blocks):
+            made = {t for group in self.layers[index] for t in group.targets}
+            for rel in block.state_dict():
+                if f"{self.path}.{index}.{rel}" not in made:
+                    raise TfpruneError(_missing(checkpoint, f"{self.path}.{index}.{rel}"))
+        prefixes = [_common_prefix([s for g in groups for s in g.sources]) for groups in self.layers]
+        self.passthrough: list[list[str]] = [[] for _ in blocks]
+        unassigned = []
+        for key in self.keymap.unmatched:
+            index = next((i for i, p in enumerate(prefixes) if p and key.startswith(p)), None)
+            (unassigned if index is None else self.passthrough[index]).append(key)
+        self.layer_keys = [sorted([s for g in groups for s in g.sources] + extra)
+                           for groups, extra in zip(self.layers, self.passthrough)]
+        self.non_layer = [key for key in checkpoint.tensors
+                          if key in set(unassigned) | {s for g in outside for s in g.sources}]
         aliases: dict[int, list[str]] = {}
         for name, param in skeleton.named_parameters(remove_duplicate=False):
             aliases.setdefault(id(param), []).append(name)
+        self.aliases = aliases
         for name, param in skeleton.named_parameters():
-            if name == path or name.startswith(path + "."):
-                continue
-            found = next((k for k in map(key, aliases[id(param)]) if k is not None), None)
-            if found is None:
+            if self.layer_of(name) is None and not any(a in self.keymap.group_of for a in aliases[id(param)]):
                 raise TfpruneError(_missing(checkpoint, name))
-            _check_shape(checkpoint, found, param)
+
+    def layer_of(self, model_key: str) -> int | None:
+        """The decoder layer a model key belongs to, or None."""
+        if not model_key.startswith(self.path + "."):
+            return None
+        index = model_key[len(self.path) + 1:].split(".", 1)[0]
+        return int(index) if index.isdigit() else None
+
+    def layer_tensors(self, index: int, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{name inside block `index`: tensor} from the layer's checkpoint tensors {checkpoint key: tensor}."""
+        prefix = f"{self.path}.{index}."
+        return {key[len(prefix):]: value for group in self.layers[index]
+                for key, value in self.keymap.to_model(group, tensors).items()}
+
+    def checkpoint_key(self, model_key: str) -> str | None:
+        """The checkpoint key a model tensor is stored under one to one (None when converted)."""
+        return self.keymap.checkpoint_key(model_key)
+
+
+def _common_prefix(keys: list[str]) -> str | None:
+    """The dotted prefix all keys share ("model.layers.3."), None for no keys."""
+    if not keys:
+        return None
+    parts = [key.split(".") for key in keys]
+    common = []
+    for items in zip(*parts):
+        if len(set(items)) != 1:
+            break
+        common.append(items[0])
+    return ".".join(common) + "." if common else None
 
 
 def _missing(checkpoint: Checkpoint, name: str) -> str:
     return (f"{checkpoint.folder}: the checkpoint has no tensor for {name}: the weights are incomplete (a shard "
-            "missing from the index?) or belong to another model, or transformers stores this model's weights "
-            "in another layout (e.g. fused experts): prune it in memory (--no-streaming)")
-
-
-def _check_shape(checkpoint: Checkpoint, key: str, tensor: torch.Tensor) -> None:
-    stored = checkpoint.tensors[key].shape
-    if tuple(stored) != tuple(tensor.shape):
-        raise TfpruneError(f"{checkpoint.folder}: tensor {key} is {list(stored)} in "
-                           f"{checkpoint.tensors[key].file.name}, but config.json implies {list(tensor.shape)}: "
-                           "the config and the weights disagree")
+            "missing from the index?) or belong to another model")
 
 
 def _assign(module: nn.Module, rel: str, value: torch.Tensor) -> None:
@@ -115,10 +135,12 @@ def pre_layer_weights(skeleton: nn.Module, checkpoint: Checkpoint, layout: Layou
             for attr, param in list(module._parameters.items()):
                 if param is None or not param.is_meta:
                     continue
-                key = next((k for k in map(layout.key, aliases[id(param)]) if k is not None), None)
-                if key is None:
+                name = next((a for a in aliases[id(param)] if a in layout.keymap.group_of), None)
+                if name is None:
                     raise TfpruneError(f"the checkpoint has no tensor for {aliases[id(param)][0]}")
-                value = checkpoint.load([key])[key].to(device=device, dtype=param.dtype)
+                group = layout.keymap.group_of[name]
+                value = layout.keymap.to_model(group, checkpoint.load(group.sources))[name]
+                value = value.to(device=device, dtype=param.dtype)
                 loaded.append((module, attr, param))
                 module._parameters[attr] = nn.Parameter(value, requires_grad=False)
 

@@ -57,12 +57,14 @@ class OutputFormat:
 
         path = layers_path(skeleton)
         for index, block in enumerate(decoder_layers(skeleton)):
-            keys = {rel: key for key, rel in layout.layers[index].items() if rel is not None}
             pruned = {target.module_name for target in targets(block).values() if target.is_linear}
             for name, module in block.named_modules():
                 if not isinstance(module, nn.Linear):
                     continue  # Conv1D and fused experts: written dense, as the in-memory writer does
-                key = keys[f"{name}.weight"]
+                key = layout.checkpoint_key(f"{path}.{index}.{name}.weight")
+                if key is None:
+                    self.ignore.append(f"{path}.{index}.{name}")  # stored converted: written as the checkpoint has it
+                    continue
                 info = checkpoint.tensors[key]
                 self.counted[key] += 1
                 if name in pruned and packable(DTYPES[info.dtype], info.shape):  # pruned 2:4 by the run
@@ -75,9 +77,9 @@ class OutputFormat:
         for name, module in skeleton.named_modules():
             if not isinstance(module, nn.Linear) or name == path or name.startswith(path + "."):
                 continue
-            own = layout.key(f"{name}.weight")
+            own = layout.checkpoint_key(f"{name}.weight")
             if own is None:  # tied to a tensor stored under another name (the embeddings): left dense
-                shared = [k for k in map(layout.key, aliases[id(module.weight)]) if k is not None]
+                shared = [k for k in map(layout.checkpoint_key, aliases[id(module.weight)]) if k is not None]
                 if not shared:
                     raise TfpruneError(f"the checkpoint has no tensor for {name}.weight")
                 self.ignore.append(name)

@@ -178,7 +178,7 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
         if tokenizer is None or isinstance(tokenizer, (str, Path)):
             tokenizer = load_tokenizer(folder, tokenizer)
         streams = calibration_streams(tokenizer, config, calib, contrast_calib)
-        specs = [spec for name in layout.non_layer + [k for layer in layout.layers for k in layer]
+        specs = [spec for name in layout.non_layer + [k for keys in layout.layer_keys for k in keys]
                  for spec in fmt.outputs(name, checkpoint.tensors[name].dtype, checkpoint.tensors[name].shape)]
         plan = plan_shards(specs, shard_bytes)
         identity = {"tfprune": __version__, "model": source.identity,
@@ -375,7 +375,7 @@ class _Run:
         on the first prompt of `batch`; the first layer is read for it and freed again."""
         ids, mask = (tensor[:1].to(self.device) for tensor in batch)
         hidden, args, kwargs = first_block_input(self.skeleton, ids, mask)
-        block = self._materialize(0, self.checkpoint.load(list(self.layout.layers[0])))
+        block = self._materialize(0, self.checkpoint.load(self.layout.layer_keys[0]))
         try:
             return output_form(block, hidden, args, kwargs)
         finally:
@@ -383,8 +383,7 @@ class _Run:
 
     def _materialize(self, index: int, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
         block = decoder_layers(self.skeleton)[index]
-        materialize(block, {rel: tensors[key] for key, rel in self.layout.layers[index].items() if rel is not None},
-                    self.device)
+        materialize(block, self.layout.layer_tensors(index, tensors), self.device)
         return block
 
     def owl_sparsities(self) -> list[float]:
@@ -399,8 +398,8 @@ class _Run:
 
         log.info("OWL: dense pass over %d layers for the outlier ratios", len(self.layout.layers))
         ratios = []
-        for index, mapping in enumerate(self.layout.layers):
-            block = self._materialize(index, self.checkpoint.load(list(mapping)))
+        for index, keys in enumerate(self.layout.layer_keys):
+            block = self._materialize(index, self.checkpoint.load(keys))
             ratios.append(block_outlier_ratio(block, index, self.store, config))
             forward_block(block, index, self.store)
             free(block)
@@ -415,7 +414,7 @@ class _Run:
         back from the output (checking their checksums). From a layer that fails, the layers are done again."""
         finished = len(self.manifest.layers)
         for index in range(finished):
-            tensors = self._read(self.layout.layers[index], self.manifest.layers[index]["checksums"])
+            tensors = self._read(self.layout.layer_keys[index], self.manifest.layers[index]["checksums"])
             if tensors is None:
                 log.warning("layer %d fails its checksums: pruning layers %d.. again", index, index)
                 self.manifest.truncate_layers(index)
@@ -438,15 +437,14 @@ class _Run:
         try:
             for index in range(first, len(blocks)):
                 began = time.perf_counter()
-                mapping = self.layout.layers[index]
                 with summary.phase("read"):
-                    tensors = self.checkpoint.load(list(mapping))
+                    tensors = self.checkpoint.load(self.layout.layer_keys[index])
                     block = self._materialize(index, tensors)
                 seed = config.seed + sum(len(layer["reports"]) for layer in self.manifest.layers)
                 with summary.phase("prune"):
                     reports = prune_block(block, index, self.store, config, sparsities[index], seed)
                 with summary.phase("write"):
-                    checksums, zeros, numel = self._write_layer(block, mapping, tensors)
+                    checksums, zeros, numel = self._write_layer(block, index, tensors)
                     del tensors
                 with summary.phase("forward"):
                     forward_block(block, index, self.store)
@@ -466,25 +464,36 @@ class _Run:
         finally:
             bar.close()
 
-    def _write_layer(self, block, mapping: dict[str, str | None], tensors: dict) -> tuple[dict, int, int]:
-        """Write one pruned layer: pruned weights from the block (in their checkpoint dtype, packed by the
-        format), the other tensors as read. The block keeps what a resumed run will read back (the dtype
-        round trip, the packing round trip) for its output forward."""
-        pruned = {target.parameter_name for target in targets(block).values()}
+    def _write_layer(self, block, index: int, tensors: dict) -> tuple[dict, int, int]:
+        """Write one pruned layer: the groups holding pruned weights from the block (in their checkpoint dtype,
+        mapped back to the checkpoint's layout, packed by the format), every other tensor as read. The block
+        keeps what a resumed run will read back (the dtype round trip, the packing round trip) for its output
+        forward."""
+        layout = self.layout
+        prefix = f"{layout.path}.{index}."
+        pruned = {prefix + target.parameter_name for target in targets(block).values()}
         params = block.state_dict(keep_vars=True)
-        checksums, zeros, numel = {}, 0, 0
-        for key, rel in mapping.items():
-            if rel not in pruned:
-                self._write(key, tensors[key], checksums)
-                value = tensors[key]
-            else:
-                param = params[rel]
-                value = param.data.to("cpu", DTYPES[self.checkpoint.tensors[key].dtype])
-                outputs = self._write(key, value, checksums)
-                if value.dtype != param.dtype or key in self.fmt.packed:
-                    param.data = self.fmt.decode(key, outputs).to(self.device, param.dtype)
-            z, n = self._zeros(key, value)
+        written = {key: tensors[key] for key in layout.passthrough[index]}
+        values: dict[str, torch.Tensor] = {}  # pruned model tensors, cast to their checkpoint dtype
+        for group in layout.layers[index]:
+            if not pruned.intersection(group.targets):
+                written.update({key: tensors[key] for key in group.sources})
+                continue
+            dtype = DTYPES[self.checkpoint.tensors[group.sources[0]].dtype]
+            cast = {target: params[target[len(prefix):]].data.to("cpu", dtype) for target in group.targets}
+            written.update(layout.keymap.to_checkpoint(group, cast))
+            values.update(cast)
+        checksums, zeros, numel, outputs = {}, 0, 0, {}
+        for key in layout.layer_keys[index]:
+            outputs[key] = self._write(key, written[key], checksums)
+            z, n = self._zeros(key, written[key])
             zeros, numel = zeros + z, numel + n
+        for target, value in values.items():
+            param, key = params[target[len(prefix):]], layout.checkpoint_key(target)
+            if key in self.fmt.packed:
+                param.data = self.fmt.decode(key, outputs[key]).to(self.device, param.dtype)
+            elif value.dtype != param.dtype:
+                param.data = value.to(self.device, param.dtype)
         return checksums, zeros, numel
 
     def verify(self) -> None:
