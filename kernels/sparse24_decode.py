@@ -6,7 +6,7 @@ W[n, 4g+i1], i0 < i1, at values[n, 2g], values[n, 2g+1]) and codes uint8 [N, cei
 in the low nibble, 2b+1 in the high one; nibble = i0 | i1 << 2, or with BITMASK compressed-tensors' bitmask
 nibble, bit j = column 4g+j kept).
 
-Each program owns BLOCK_N output rows and one of SPLIT slices of K. Per BLOCK_K columns it loads the
+Each program owns BLOCK_N output rows and one of SPLIT slices of K (`plan`). Per BLOCK_K columns it loads the
 [BLOCK_N, BLOCK_K/2] values and the [BLOCK_N, BLOCK_K/8] code bytes as two row-contiguous tiles (16-byte
 vector loads), software-pipelined NUM_STAGES deep, expands them in registers to the dense [BLOCK_N, BLOCK_K]
 tile (no dense copy of W in memory) and accumulates tl.dot(x [16, BLOCK_K], tileᵀ) in fp32; x's rows past
@@ -32,7 +32,19 @@ __all__ = ["MAX_ROWS", "plan", "sparse24_decode_linear", "sparse24_decode_ref", 
 MAX_ROWS = 16  # rows of x the kernel takes (tl.dot's smallest M)
 _DTYPES = (torch.float16, torch.bfloat16)
 _OUT_DTYPES = _DTYPES + (torch.float32,)
-_PROGRAMS_PER_SM = 4  # split K only where the row blocks give fewer than half of this per SM
+#: programs of the GPU plan resident per SM (8 warps, ~125 registers, 51 KB of shared memory each): K is split
+#: only where the row blocks do not fill one wave of them
+_RESIDENT_PER_SM = 2
+
+
+def _bitmask_codes(nibbles: range) -> int:
+    """4-bit codes (lowest set bit | highest set bit << 2; 3 | 0 << 2 for an empty nibble), one per nibble."""
+    code = lambda b: ((b & -b).bit_length() - 1 if b else 3) | (b.bit_length() - 1 if b else 0) << 2  # noqa: E731
+    return sum(code(b) << (4 * i) for i, b in enumerate(nibbles))
+
+
+_BITMASK_CODES_LO = tl.constexpr(_bitmask_codes(range(0, 8)))  # 0x898a4503: nibbles 0..7
+_BITMASK_CODES_HI = tl.constexpr(_bitmask_codes(range(8, 16)))  # 0xcdcecdcf: nibbles 8..15
 
 
 @triton.jit
@@ -58,12 +70,11 @@ def _expand_tile(v, nibble, BITMASK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_
     [BLOCK_N, BLOCK_K/4], built in registers: column 4g+j holds v[2g] if j == i0, v[2g+1] if j == i1,
     else 0."""
     G: tl.constexpr = BLOCK_K // 4
-    if BITMASK:  # lowest and highest set bit of the nibble
-        i0 = tl.where((nibble & 1) != 0, 0, tl.where((nibble & 2) != 0, 1, tl.where((nibble & 4) != 0, 2, 3)))
-        i1 = tl.where((nibble & 8) != 0, 3, tl.where((nibble & 4) != 0, 2, tl.where((nibble & 2) != 0, 1, 0)))
-    else:
-        i0 = nibble & 3
-        i1 = nibble >> 2
+    if BITMASK:  # the code of a bitmask nibble (lowest | highest set bit << 2) from two 8-entry tables
+        table = tl.where(nibble < 8, _BITMASK_CODES_LO, _BITMASK_CODES_HI).to(tl.int64)
+        nibble = ((table >> (4 * (nibble & 7)).to(tl.int64)) & 0xF).to(tl.int32)
+    i0 = nibble & 3
+    i1 = nibble >> 2
     v0, v1 = tl.split(tl.reshape(v, [BLOCK_N, G, 2]))
     j = tl.arange(0, 4)[None, None, :]
     zero = tl.zeros([BLOCK_N, G, 4], dtype=v.dtype)
@@ -134,20 +145,20 @@ def _num_sms(device_index: int) -> int:
 @functools.lru_cache(maxsize=4096)
 def plan(n: int, k: int, sms: int, interpreted: bool) -> dict:
     """Tiles, split-K and pipelining of an [N, K] weight on a device with `sms` multiprocessors (a
-    function of the shape only, so every call of a shape launches the same programs).
+    function of the shape only, so every call of a shape launches the same programs; do not mutate it).
 
-    GPU: 32 rows x 256 columns a step (16-byte loads of the values, 4 warps, 3 stages); K is split into
-    slices only where the row blocks give fewer than 2 programs per SM, to about 4 per SM. Interpreter:
-    larger tiles, no split (programs run one after another)."""
+    GPU: 32 rows x 256 columns a step, 8 warps, 3 stages (compiled for sm_80 and sm_90: ~125 registers, no
+    spills, 16-byte asynchronous copies; tfprune.bench.kernel_sass); K is split into slices only where the
+    row blocks do not fill one wave of resident programs, to about one wave. Interpreter: larger tiles, no
+    split (programs run one after another)."""
     if interpreted:
         block_n, block_k, warps, stages = 64, 256, 4, 1
     else:
-        block_n, block_k, warps, stages = 32, 256, 4, 3
+        block_n, block_k, warps, stages = 32, 256, 8, 3
     k_steps = max(1, triton.cdiv(k, block_k))
     n_blocks = max(1, triton.cdiv(n, block_n))
-    split = 1
-    if not interpreted and 2 * n_blocks < _PROGRAMS_PER_SM * sms:
-        split = min(k_steps, triton.cdiv(_PROGRAMS_PER_SM * sms, n_blocks))
+    wave = _RESIDENT_PER_SM * sms
+    split = 1 if interpreted or n_blocks >= wave else min(k_steps, triton.cdiv(wave, n_blocks))
     return _with_split(dict(BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, NUM_STAGES=stages), k_steps, split)
 
 
