@@ -185,17 +185,26 @@ class SparseLinear(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        path = self.path(x)
+        return self.forward_on(x, self.path(x))
+
+    def forward_on(self, x: torch.Tensor, path: str) -> torch.Tensor:
+        """The forward of x [..., in_features] on a given path (benchmarks time each path with it): 'decode'
+        (raises tfprune.decode24.DecodeUnsupported where the kernel does not take x), the GEMM backend
+        `gemm_backend()` names (ValueError for another), or 'dense'."""
         if path == "decode":
             from .. import decode24
 
-            return decode24.linear(x, self._decoded, self.bias)
+            return decode24.linear(x, self._decode_weight(), self.bias)
         if path == "dense":
             gemm, reason = self.gemm_backend()
             if gemm != "dense":
-                reason = f"input dtype {x.dtype} differs from the weight's {self.values.dtype}"
+                reason = (f"input dtype {x.dtype} differs from the weight's {self.values.dtype}"
+                          if x.dtype != self.values.dtype else "the dense path was asked for")
             _warn_once(f"SparseLinear: {reason}; computing with the unpacked weight (correct, not faster)")
             return F.linear(x, self.dense_weight(), self.bias)
+        gemm, reason = self.gemm_backend()
+        if path != gemm:
+            raise ValueError(f"SparseLinear: path {path!r} is not this module's GEMM path here ({gemm}: {reason})")
         return F.linear(x.contiguous(), self._gemm_operand(path), self.bias)
 
     def extra_repr(self) -> str:
