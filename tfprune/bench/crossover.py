@@ -1,7 +1,8 @@
 """The decode-kernel crossover of a device, measured: for M = 1..16 tokens, SparseLinear's decode path vs the path
 it would take otherwise there (its 2:4 GEMM backend on a GPU that has one; else the dense layer's F.linear, the
 comparison `tfprune.decode24.DEFAULT_MAX_ROWS` was measured with), on the given shapes. The crossover is the
-largest M up to which the decode path wins at every measured M (geometric mean of the per-shape speedups);
+largest M up to which the decode path wins at every measured M (geometric mean of the per-shape speedups; on
+a GPU the L2 is flushed before every timed call, so the weights come from memory as in a model's forward);
 `tfprune bench` stores it for the device (tfprune.decode_crossover), where `decode24.max_rows` reads it."""
 from __future__ import annotations
 
@@ -48,8 +49,8 @@ def measure_crossover(shapes: list[LinearShape], dtype: torch.dtype, device: str
             if why is not None:
                 return {"max_rows": None, "reason": f"the decode kernel does not take {shape.name}: {why}"}
             other = (lambda: sparse.forward_on(x, gemm)) if gemm != "dense" else (lambda: F.linear(x, dense.weight))
-            decode_ms = summarize(time_fn(lambda: sparse.forward_on(x, "decode"), warmup, reps, device))["median"]
-            other_ms = summarize(time_fn(other, warmup, reps, device))["median"]
+            decode_ms = summarize(time_fn(lambda: sparse.forward_on(x, "decode"), warmup, reps, device, True))["median"]
+            other_ms = summarize(time_fn(other, warmup, reps, device, True))["median"]
             cases.append({"shape": shape.name, "tokens": m, "against": against, "decode_ms": decode_ms,
                           "other_ms": other_ms, "speedup": other_ms / decode_ms})
     ratios = {m: math.exp(sum(math.log(c["speedup"]) for c in cases if c["tokens"] == m) /

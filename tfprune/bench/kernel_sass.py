@@ -134,7 +134,8 @@ def compile_case(case: dict, capability: int):
             signature[name] = "i32" if abs(value) < 2**31 else "i64"
             if value % 16 == 0:
                 attrs[(index,)] = [["tt.divisibility", 16]]
-    source = ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
+    keyed = {(fn.arg_names.index(name),): value for name, value in constexprs.items()}  # Triton 3.x keys
+    source = ASTSource(fn, signature, constexprs=keyed, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", capability, 32),
                           options=dict(num_warps=case["num_warps"], num_stages=case["num_stages"]))
 
