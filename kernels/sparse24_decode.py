@@ -27,7 +27,7 @@ import triton.language as tl
 from . import _common
 from ._common import check_device
 
-__all__ = ["MAX_ROWS", "plan", "sparse24_decode_linear", "sparse24_decode_ref", "unpack_ref"]
+__all__ = ["MAX_ROWS", "plan", "sparse24_decode_linear", "launch", "sparse24_decode_ref", "unpack_ref"]
 
 MAX_ROWS = 16  # rows of x the kernel takes (tl.dot's smallest M)
 _DTYPES = (torch.float16, torch.bfloat16)
@@ -208,6 +208,15 @@ def sparse24_decode_linear(x: torch.Tensor, values: torch.Tensor, codes: torch.T
     device = check_device(x, values, codes, bias)
     out_dtype = out.dtype if out is not None and out_dtype is None else (out_dtype or x.dtype)
     _check(x, values, codes, bias, out_dtype, out)
+    return launch(x, values, codes, bias, bitmask, out_dtype, out, split_k, tile)
+
+
+def launch(x: torch.Tensor, values: torch.Tensor, codes: torch.Tensor, bias: torch.Tensor | None, bitmask: bool,
+           out_dtype: torch.dtype, out: torch.Tensor | None = None, split_k: int | None = None,
+           tile: dict | None = None) -> torch.Tensor:
+    """sparse24_decode_linear without its checks (the host cost of a decode step): for callers that hold a
+    weight validated once (tfprune.decode24.Decode24Weight) and have checked x (decode24.unsupported_reason)."""
+    device = x.device
     m, k = x.shape
     n = values.shape[0]
     interpreted = _common.INTERPRETED and device.type == "cpu"

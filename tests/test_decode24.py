@@ -484,3 +484,27 @@ def test_triton_decode_bitmask_noncontiguous_and_errors(triton_decode, monkeypat
         kernel.sparse24_decode_linear(torch.randn(2, 64, device=device), v, c)
     with pytest.raises(ValueError, match="codes"):
         kernel.sparse24_decode_linear(torch.randn(2, 64, dtype=torch.float16, device=device), v, c[:, :4])
+
+
+def test_decode24_triton_path_checks_bias_and_out_then_launches(triton_decode, monkeypatch):
+    """decode24.linear's CUDA branch (triton_linear: no weight checks, the weight was validated once), run on
+    CPU tensors under the interpreter when there is no GPU."""
+    kernel, device = triton_decode
+    if device == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    w = sparse24(96, 4096, torch.bfloat16, seed=2)  # K % 32 == 0: the codes as int32 words
+    packed = decode24.pack_ref(w).to(device)
+    x = torch.randn(5, 4096).to(torch.bfloat16)
+    bias = torch.randn(96).to(torch.bfloat16)
+    xd, bd = x.to(device), bias.to(device)
+    y = decode24.triton_linear(xd, packed, bd, torch.float32)
+    ref = reference64(x, w, bias)
+    assert float((y.cpu().double() - ref).abs().max()) <= 2e-6 * float(reference64(x.abs(), w.abs()).max())
+    out = torch.empty(5, 96, dtype=torch.bfloat16, device=device)
+    assert decode24.triton_linear(xd, packed, bd, out=out) is out
+    with pytest.raises(ValueError, match="bias must be"):
+        decode24.triton_linear(xd, packed, bd[:-1])
+    with pytest.raises(ValueError, match="out_dtype must be"):
+        decode24.triton_linear(xd, packed, None, torch.float64)
+    with pytest.raises(ValueError, match="out_dtype must be"):
+        decode24.triton_linear(xd, packed, None, torch.float32, out=out)

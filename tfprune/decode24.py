@@ -29,8 +29,8 @@ import torch
 from . import decode_crossover
 from ._ext import extension
 
-__all__ = ["MAX_ROWS", "DEFAULT_MAX_ROWS", "DecodeUnsupported", "Decode24Weight", "pack", "pack_ref", "unpack",
-           "unpack_ref", "codes_from_cutlass_meta", "linear", "linear_ref", "unsupported_reason", "max_rows"]
+__all__ = ["MAX_ROWS", "DEFAULT_MAX_ROWS", "DTYPES", "DecodeUnsupported", "Decode24Weight", "pack", "pack_ref", "unpack",
+           "unpack_ref", "codes_from_cutlass_meta", "linear", "triton_linear", "linear_ref", "unsupported_reason", "max_rows"]
 
 MAX_ROWS = 16  # rows of x (tokens) the kernels take
 
@@ -43,6 +43,7 @@ MAX_ROWS = 16  # rows of x (tokens) the kernels take
 DEFAULT_MAX_ROWS = {"cpu-avx512bf16": 4, "cpu-avx2": 2, "cpu-portable": 0, "cuda": 16}
 
 _CPU_X_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPES = _CPU_X_DTYPES  # weight dtypes of the decode layout (the GPU kernel takes the 16-bit ones)
 _GPU_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -68,6 +69,8 @@ class Decode24Weight:
                              f"codes [{n}, {-(-k // 8)}]; got {tuple(self.values.shape)}, {tuple(self.codes.shape)}")
         if self.codes.dtype != torch.uint8 or self.values.device != self.codes.device:
             raise ValueError("Decode24Weight: codes must be uint8 on the values' device")
+        if (self.values.numel() and self.values.stride(1) != 1) or (self.codes.numel() and self.codes.stride(1) != 1):
+            raise ValueError("Decode24Weight: values and codes must be contiguous along K")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -178,7 +181,17 @@ def max_rows(device: torch.device | str, dense_available: bool = True) -> int:
     DEFAULT_MAX_ROWS. dense_available=False: the alternative is not a GEMM but unpacking the weight on every
     call (a SparseLinear on a device without a 2:4 GEMM kernel), which every kernel that wins at M = 1 beats
     up to MAX_ROWS (benchmarks/README.md: 16 tokens, decode kernel 0.6–0.7× dense vs unpack + dense 0.15–0.18×)."""
-    env = os.environ.get("TFPRUNE_DECODE_MAX_ROWS", "").strip()
+    key = (device, dense_available, os.environ.get("TFPRUNE_DECODE_MAX_ROWS", ""), decode_crossover.state())
+    found = _max_rows_memo.get(key)
+    if found is None:
+        found = _max_rows_memo[key] = _max_rows(device, dense_available, key[2].strip())
+    return found
+
+
+_max_rows_memo: dict[tuple, int] = {}  # max_rows runs on every SparseLinear forward: one dict lookup
+
+
+def _max_rows(device, dense_available: bool, env: str) -> int:
     if env:
         try:
             return max(0, min(MAX_ROWS, int(env)))
@@ -242,11 +255,25 @@ def linear(x: torch.Tensor, packed: Decode24Weight, bias: torch.Tensor | None = 
             raise ValueError("decode24.linear: out= is for the CUDA kernel")
         y = extension.decode24_linear(x2, packed.values, packed.codes, bias, packed.bitmask, out_dtype)
     else:
-        from .kernels.sparse24_decode import sparse24_decode_linear
-
-        y = sparse24_decode_linear(x2, packed.values, packed.codes, bias, bitmask=packed.bitmask, out_dtype=out_dtype,
-                                   out=out)
+        y = triton_linear(x2, packed, bias, out_dtype, out)
     return y.reshape(*lead, packed.shape[0])
+
+
+def triton_linear(x: torch.Tensor, packed: Decode24Weight, bias: torch.Tensor | None = None,
+                  out_dtype: torch.dtype | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """linear's Triton path for x [M, K] that unsupported_reason accepted: the weight was validated when the
+    Decode24Weight was built, so only bias and out are checked before the launch (kept short: it runs once
+    per layer and token). CPU tensors run it under TRITON_INTERPRET=1 (tests)."""
+    from .kernels import sparse24_decode
+
+    out_dtype = out_dtype or (out.dtype if out is not None else x.dtype)
+    if (bias is not None and (bias.shape != (packed.shape[0],) or bias.device != x.device)) or (out is not None and (
+            out.shape != (x.shape[0], packed.shape[0]) or out.stride(1) != 1 or out.device != x.device)):
+        raise ValueError(f"decode24.linear: bias must be [{packed.shape[0]}] and out [{x.shape[0]}, "
+                         f"{packed.shape[0]}] (contiguous along N) on {x.device}")
+    if out_dtype not in _GPU_DTYPES + (torch.float32,) or (out is not None and out.dtype != out_dtype):
+        raise ValueError(f"decode24.linear: out_dtype must be fp16/bf16/fp32 (and out's), got {out_dtype}")
+    return sparse24_decode.launch(x, packed.values, packed.codes, bias, packed.bitmask, out_dtype, out)
 
 
 def linear_ref(x: torch.Tensor, packed: Decode24Weight, bias: torch.Tensor | None = None, *,

@@ -25,7 +25,7 @@ import torch
 
 from ._ext import extension
 
-__all__ = ["ENV", "SCHEMA", "store_path", "device_key", "stored", "lookup", "store", "reload"]
+__all__ = ["ENV", "SCHEMA", "store_path", "device_key", "stored", "lookup", "store", "reload", "state"]
 
 ENV = "TFPRUNE_DECODE_CROSSOVER"
 SCHEMA = 1
@@ -98,9 +98,19 @@ def lookup(device: torch.device | str) -> int | None:
     return None if record is None else record["max_rows"]
 
 
+_generation = [0]
+
+
+def state() -> tuple:
+    """What a lookup's answer depends on besides the device (the environment naming the store and how often
+    it was reloaded): callers may cache their answers under it."""
+    return os.environ.get(ENV), os.environ.get("XDG_CACHE_HOME"), _generation[0]
+
+
 def reload() -> None:
     """Forget what was read: the next lookup reads the file again."""
     _cache.clear()
+    _generation[0] += 1
 
 
 def store(device: torch.device | str, max_rows: int, details: dict | None = None) -> Path | None:

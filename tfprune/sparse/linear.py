@@ -72,6 +72,7 @@ class SparseLinear(nn.Module):
         self._gemm_choice = None  # ((device, dtype, backend), gemm backend or None, reason), once per device/dtype
         self._gemm_weight = None  # the chosen GEMM backend's weight operand, built on first use
         self._decoded = None  # the decode layout (tfprune.decode24) for few-token inputs, built on first use
+        self._decode_ok = {}  # (device, x dtype, weight dtype, x features) -> whether the decode kernel takes x
 
     @classmethod
     def from_linear(cls, linear: nn.Module, format: str = "cutlass", backend: str = "auto") -> SparseLinear:
@@ -159,25 +160,36 @@ class SparseLinear(nn.Module):
         return self._decoded
 
     def path(self, x: torch.Tensor) -> str:
-        """The path a forward of x [..., in_features] takes: one of PATHS."""
+        """The path a forward of x [..., in_features] takes: one of PATHS (a few dictionary lookups: it runs
+        on every forward)."""
         from .. import decode24
 
         rows = x.numel() // max(1, self.in_features)
         gemm, _reason = self.gemm_backend()
-        if (1 <= rows <= decode24.max_rows(x.device, dense_available=gemm != "dense")
-                and x.device == self.values.device and self.values.dtype in (torch.float16, torch.bfloat16, torch.float32)
-                and decode24.unsupported_reason(x, self._decode_weight()) is None):
+        if 1 <= rows <= decode24.max_rows(x.device, dense_available=gemm != "dense") and self._decodes(x):
             return "decode"
         if gemm != "dense" and x.dtype != self.values.dtype:
             return "dense"
         return gemm
+
+    def _decodes(self, x: torch.Tensor) -> bool:
+        """Whether the decode kernel takes x (at most MAX_ROWS rows: checked by the caller), remembered per
+        (device, x dtype, weight dtype): the weight is fixed, so only those decide."""
+        from .. import decode24
+
+        key = (x.device, x.dtype, self.values.dtype, x.shape[-1])
+        if key not in self._decode_ok:
+            self._decode_ok[key] = (x.device == self.values.device and self.values.dtype in decode24.DTYPES and
+                                    decode24.unsupported_reason(x[..., :1, :] if x.dim() > 1 else x,
+                                                                self._decode_weight()) is None)
+        return self._decode_ok[key]
 
     def prepare(self) -> SparseLinear:
         """Build the decode weight and the GEMM operand of the module's device and dtype now (they are
         otherwise built on the first forward that needs them), e.g. before capturing a CUDA graph."""
         from .. import decode24
 
-        if self.values.dtype in (torch.float16, torch.bfloat16, torch.float32) and decode24.max_rows(self.values.device):
+        if self.values.dtype in decode24.DTYPES and decode24.max_rows(self.values.device):
             self._decode_weight()
         gemm, _reason = self.gemm_backend()
         if gemm != "dense":
