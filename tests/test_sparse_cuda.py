@@ -85,8 +85,9 @@ def test_cutlass_gemm_matches_dense(format, dtype):
         x = torch.randn(tokens, 512, device="cuda", dtype=dtype)
         assert sparse.path(x) == "cutlass"
         assert_close64(sparse(x), x, layer, rtol=1e-2)
-    assert isinstance(sparse._gemm_weight, torch.sparse.SparseSemiStructuredTensorCUTLASS)
-    assert sparse._gemm_weight.packed.data_ptr() == sparse.values.data_ptr()  # the packed values, no copy
+    operand = sparse._gemm_weight[1]
+    assert isinstance(operand, torch.sparse.SparseSemiStructuredTensorCUTLASS)
+    assert operand.packed.data_ptr() == sparse.values.data_ptr()  # the packed values, no copy
 
 
 @cusparselt
@@ -99,7 +100,7 @@ def test_cusparselt_gemm_matches_dense(format, dtype):
         x = torch.randn(tokens, 512, device="cuda", dtype=dtype)
         assert sparse.path(x) == "cusparselt"
         assert_close64(sparse(x), x, layer, rtol=1e-2)
-    assert isinstance(sparse._gemm_weight, torch.sparse.SparseSemiStructuredTensorCUSPARSELT)
+    assert isinstance(sparse._gemm_weight[1], torch.sparse.SparseSemiStructuredTensorCUSPARSELT)
 
 
 @cuda

@@ -211,6 +211,10 @@ def test_gemm_path_wiring(monkeypatch):
     assert sparse.path(x.bfloat16()) == "cusparselt" and sparse.path(x) == "dense"  # input dtype differs
     sparse(x.bfloat16())
     assert built[-1] == ("cusparselt", "cutlass", torch.bfloat16)
+    monkeypatch.setattr(backends, "support", lambda backend, shape, dtype, device: None)
+    sparse.backend = "cutlass"  # another backend: chosen again, its own operand built
+    sparse(x.bfloat16())
+    assert built[-1] == ("cutlass", "cutlass", torch.bfloat16) and len(built) == 3
 
 
 @pytest.mark.parametrize("format,dtype", [("cutlass", torch.bfloat16), ("cutlass", torch.float16),

@@ -70,7 +70,7 @@ class SparseLinear(nn.Module):
 
     def _reset(self) -> None:
         self._gemm_choice = None  # ((device, dtype, backend), gemm backend or None, reason), once per device/dtype
-        self._gemm_weight = None  # the chosen GEMM backend's weight operand, built on first use
+        self._gemm_weight = None  # (backend, its weight operand), built on first use
         self._decoded = None  # the decode layout (tfprune.decode24) for few-token inputs, built on first use
         self._decode_ok = {}  # (device, x dtype, weight dtype, x features) -> whether the decode kernel takes x
 
@@ -137,9 +137,10 @@ class SparseLinear(nn.Module):
         return (self._gemm_choice[1] or "dense"), self._gemm_choice[2]
 
     def _gemm_operand(self, backend: str) -> torch.Tensor:
-        if self._gemm_weight is None:
-            self._gemm_weight = backends.build(backend, self.packed, self.values.dtype)
-        return self._gemm_weight
+        if self._gemm_weight is None or self._gemm_weight[0] != backend:
+            self._gemm_weight = None  # the previous backend's operand is freed before the next one is built
+            self._gemm_weight = (backend, backends.build(backend, self.packed, self.values.dtype))
+        return self._gemm_weight[1]
 
     # ---- the decode path (few tokens)
 
@@ -174,7 +175,7 @@ class SparseLinear(nn.Module):
 
     def _decodes(self, x: torch.Tensor) -> bool:
         """Whether the decode kernel takes x (at most MAX_ROWS rows: checked by the caller), remembered per
-        (device, x dtype, weight dtype): the weight is fixed, so only those decide."""
+        (device, x dtype, weight dtype, x features): the weight is fixed, so only those decide."""
         from .. import decode24
 
         key = (x.device, x.dtype, self.values.dtype, x.shape[-1])
