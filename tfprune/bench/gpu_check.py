@@ -119,7 +119,8 @@ def goals(sections: dict, dry: bool) -> list[dict]:
             return {"measured": None, "met": None}
         return {"measured": min(values), "met": min(values) >= target}
 
-    streaming = rows("decode") + rows("channel_stats") + [r for r in rows("prune_kernels") if "row 50%" not in r["case"]]
+    streaming = rows("decode") + rows("channel_stats") + [r for r in rows("prune_kernels")  # no bisection, no OWL
+                                                          if "row 50%" not in r["case"] and "outlier" not in r["case"]]
     memory_bound = [r["copy_fraction"] for r in streaming if r.get("copy_fraction") is not None]
     decode_1 = [r["speedup"] for r in rows("decode") if r["case"].endswith("M=1") and
                 any(s in r["case"] for s in ("[11008x4096]", "[4096x11008]", "[14336x4096]", "[4096x14336]"))]

@@ -146,7 +146,7 @@ def prune_kernels(ctx: Context) -> list[dict]:
     from .. import ops
 
     rows = []
-    for r, c in ctx.shapes(LLM, [(13, 36), (6, 200)]):
+    for r, c in ctx.shapes(LLM + [(8192, 28672)], [(13, 36), (6, 200)]):  # in = 28672: row_prune's multi-pass path
         g = torch.Generator(device="cpu").manual_seed(r + c)
         weight = (torch.randn(r, c, generator=g) * 0.02).to(device=ctx.device, dtype=BF16)
         norm = (torch.rand(c, generator=g, dtype=torch.float64) + 0.5).to(ctx.device)
@@ -168,6 +168,12 @@ def prune_kernels(ctx: Context) -> list[dict]:
         os.environ["TFPRUNE_BACKEND"] = "torch"
         ok = torch.equal(got, ops.scores(weight, "wanda", norm=norm))
         rows.append(_row(f"scores [{r}x{c}] == torch bit for bit", ok, ms=ms, **ctx.gbps(elems * (2 + 4), ms)))
+        ratio = ops.outlier_ratio([weight], [norm], 5.0)
+        os.environ["TFPRUNE_BACKEND"] = "triton"
+        got_ratio = ops.outlier_ratio([weight], [norm], 5.0)
+        ms = ctx.ms(lambda: ops.outlier_ratio([weight], [norm], 5.0))  # two passes over W (sum, then count)
+        rows.append(_row(f"outlier_ratio (OWL) [{r}x{c}] vs torch", abs(got_ratio - ratio) <= 1e-4 * max(ratio, 1e-3),
+                         ms=ms, ratio=got_ratio, torch_ratio=ratio, **ctx.gbps(2 * elems * 2, ms)))
         os.environ.pop("TFPRUNE_BACKEND", None)
         del weight, got
     return rows
