@@ -25,9 +25,24 @@ from .formats import PackedWeight, to_cutlass, unpack
 __all__ = ["GEMM_BACKENDS", "SHAPE_MULTIPLES", "policy", "cusparselt_available", "choose", "support", "build"]
 
 GEMM_BACKENDS = ("cutlass", "cusparselt")
-#: (out_features multiple, in_features multiple) of each backend for fp16/bf16 (torch's sparse_min_rows/cols)
-SHAPE_MULTIPLES = {"cutlass": (32, 64), "cusparselt": (16, 16)}
 _DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _torch_multiples(backend: str) -> tuple[int, int]:
+    """torch's own (sparse_min_rows, sparse_min_cols) for bf16 (the same for fp16), read from its classes so
+    that another release's constraints are followed; torch 2.13's values where it has no such table."""
+    try:
+        from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
+
+        cls = SparseSemiStructuredTensorCUTLASS if backend == "cutlass" else SparseSemiStructuredTensorCUSPARSELT
+        config = cls._DTYPE_SHAPE_CONSTRAINTS[torch.bfloat16]
+        return int(config.sparse_min_rows), int(config.sparse_min_cols)
+    except (ImportError, AttributeError, KeyError):
+        return {"cutlass": (32, 64), "cusparselt": (16, 16)}[backend]
+
+
+#: (out_features multiple, in_features multiple) of each backend for fp16/bf16 (torch's sparse_min_rows/cols)
+SHAPE_MULTIPLES = {backend: _torch_multiples(backend) for backend in GEMM_BACKENDS}
 
 
 def _fits(backend: str, shape: tuple[int, int]) -> bool:
