@@ -102,9 +102,9 @@ _generation = [0]
 
 
 def state() -> tuple:
-    """What a lookup's answer depends on besides the device (the environment naming the store and how often
-    it was reloaded): callers may cache their answers under it."""
-    return os.environ.get(ENV), os.environ.get("XDG_CACHE_HOME"), _generation[0]
+    """What a lookup's answer depends on besides the device ($TFPRUNE_DECODE_CROSSOVER and how often the
+    store was reloaded; call reload() after changing XDG_CACHE_HOME): callers may cache answers under it."""
+    return os.environ.get(ENV), _generation[0]
 
 
 def reload() -> None:
