@@ -17,14 +17,23 @@ REAL_MODEL_BUILD ?= ../shared/models/gemma3-270m/build.sh
 export TFPRUNE_REAL_MODEL := $(REAL_MODEL)
 # the oracle of compressed-tensors' sparse-24-bitmask format: its last release with the sparse compressor
 COMPRESSED_TENSORS := compressed-tensors==0.14.0
+# torch, pinned on every machine: with an NVIDIA GPU its CUDA build of the same release (PyPI's Linux wheel is
+# one; TORCH_CUDA_INDEX="--index-url https://download.pytorch.org/whl/cu130" picks another CUDA), which brings
+# the Triton it was built with; without one the CPU build and the Triton the interpreter tests were run with.
+TORCH_VERSION ?= 2.13.0
+TORCH_CUDA_INDEX ?=
+TRITON_CPU ?= triton==3.9.0
+# `make gpu-check`: the whole GPU check on the python found (no venv, no pip: see scripts/gpu_check.sh)
+GPU_CHECK_OUT ?= $(if $(OUT),$(OUT),gpu-check-out)
 
-.PHONY: install real-model demo test test-transformers4 bench clean
+.PHONY: install real-model demo test test-transformers4 bench gpu-check clean
 
 $(STAMP): setup.py pyproject.toml $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-		$(PIP) install -q torch; else $(PIP) install -q torch==2.13.0; fi
+		$(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_CUDA_INDEX); \
+		else $(PIP) install -q "torch==$(TORCH_VERSION)" "$(TRITON_CPU)"; fi
 	$(PIP) install -q ninja numpy "$(TRANSFORMERS)"
 	$(PIP) install -q --no-build-isolation -e ".[dev]" "$(TRANSFORMERS)"
 	$(PIP) install -q --no-deps $(COMPRESSED_TENSORS)
@@ -49,6 +58,9 @@ test-transformers4:
 
 bench: $(STAMP)
 	$(PY) -m pytest -q benchmarks -o python_files='bench_*.py' --benchmark-only
+
+gpu-check:
+	OUT=$(GPU_CHECK_OUT) PYTHON=$(PYTHON) bash scripts/gpu_check.sh
 
 clean:
 	rm -rf build *.egg-info tfprune/_C*.so demo-out

@@ -57,7 +57,7 @@ def _channel_stats_kernel(x_ptr, tmask_ptr, psum_ptr, pmax_ptr, pcnt_ptr, sumsq_
         tmask = tok < t_end
         if HAS_MASK:
             tmask = tmask & (tl.load(tmask_ptr + tok, mask=tmask, other=0) != 0)
-        ptrs = x_ptr + tok.to(tl.int64)[:, None] * stride_t + cols[None, :] * stride_c
+        ptrs = x_ptr + tok.to(tl.int64)[:, None] * stride_t + cols.to(tl.int64)[None, :] * stride_c  # int64: C·stride ≥ 2³¹
         x = tl.load(ptrs, mask=tmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
         ax = tl.abs(x)
         acc_sum += x * x

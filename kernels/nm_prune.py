@@ -5,11 +5,14 @@ Each program owns a [BLOCK_R, BLOCK_C] tile. The score of every weight is comput
 key, and ranked inside its group of M by a pairwise compare against the M members of the group (the
 members are re-read from the same cache lines): rank = #{greater} + #{equal with a lower index}, keep
 when rank < N. That is exactly torch.sort(descending, stable)'s first N, ties to the lower index, for
-any M (groups may straddle tiles). Pruned weights are stored as +0.0 (only those are written); the mask
+any M. A program owns SPAN columns, a multiple of M (and of 8 with a bit mask) at most BLOCK_C: groups
+never straddle programs, so no program reads a weight that another one has already zeroed in place. Pruned weights are stored as +0.0 (only those are written); the mask
 is written as bool [out, in] or as a bit mask [out, ceil(in/8)] uint8 (little bit order). No score
 tensor of W's size exists. Optional: Σ score and #(score > threshold) of the tile (OWL), per program.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -27,11 +30,12 @@ def _nm_prune_kernel(w_ptr, s_ptr, f_ptr, p_ptr, mask_ptr, psum_ptr, pcnt_ptr,
                      R, C, stride_wr, stride_wc, stride_sr, stride_sc, stride_mr, n_bytes, threshold,
                      N: tl.constexpr, M: tl.constexpr, FROM_SCORES: tl.constexpr, HAS_FACTOR: tl.constexpr,
                      HAS_PROTECT: tl.constexpr, APPLY: tl.constexpr, MASK_MODE: tl.constexpr,
-                     COUNT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                     COUNT: tl.constexpr, SPAN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)[:, None]
-    col0 = tl.program_id(1) * BLOCK_C
-    cols = (col0 + tl.arange(0, BLOCK_C))[None, :]
-    valid = (rows < R) & (cols < C)
+    col0 = tl.program_id(1) * SPAN  # this program owns columns col0 .. col0 + SPAN - 1: whole groups, whole bytes
+    lanes = tl.arange(0, BLOCK_C)[None, :]
+    cols = col0 + lanes
+    valid = (rows < R) & (cols < C) & (lanes < SPAN)
     s = _score_tile(w_ptr, s_ptr, f_ptr, p_ptr, rows, cols, valid, stride_wr, stride_wc, stride_sr, stride_sc,
                     FROM_SCORES, HAS_FACTOR, HAS_PROTECT)
     key = _order_key(s)
@@ -43,7 +47,8 @@ def _nm_prune_kernel(w_ptr, s_ptr, f_ptr, p_ptr, mask_ptr, psum_ptr, pcnt_ptr,
                                     stride_sr, stride_sc, FROM_SCORES, HAS_FACTOR, HAS_PROTECT))
         rank += ((kj > key) | ((kj == key) & (other < cols))).to(tl.int32)
     keep = rank < N
-    _write_tile(w_ptr, mask_ptr, keep, rows, cols, col0, valid, stride_wr, stride_wc, stride_mr, n_bytes, R,
+    own_bytes = tl.minimum(n_bytes, (col0 + SPAN) // 8)  # SPAN % 8 == 0 with a bit mask
+    _write_tile(w_ptr, mask_ptr, keep, rows, cols, col0, valid, stride_wr, stride_wc, stride_mr, own_bytes, R,
                 APPLY, MASK_MODE, BLOCK_R, BLOCK_C)
     if COUNT:
         pid = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
@@ -91,16 +96,28 @@ def check_scores(scores: torch.Tensor | None, weight: torch.Tensor | None, what:
     return scores
 
 
+def plan(rows: int, cols: int, m: int, mask_format: str | None, interpreted: bool) -> dict:
+    """The tile of a program: BLOCK_R rows x BLOCK_C lanes (powers of two), of which the first SPAN columns
+    are its own. SPAN is a multiple of m (and of 8 for a bit mask), so no group of m (and no mask byte) is
+    shared by two programs: a program never reads a weight that another one zeroes."""
+    unit = math.lcm(m, 8) if mask_format == "bits" else m
+    block_c = max(8, next_pow2(unit), min(next_pow2(cols), 2048 if interpreted else 128))
+    block_r = max(1, min(next_pow2(rows), (16384 if interpreted else 2048) // block_c))
+    return dict(BLOCK_R=block_r, BLOCK_C=block_c, SPAN=block_c // unit * unit)
+
+
 def nm_prune_(weight: torch.Tensor | None, n: int, m: int, factor: torch.Tensor | None = None,
               protect: torch.Tensor | None = None, *, scores: torch.Tensor | None = None, apply: bool = True,
-              mask_format: str | None = "bool", threshold: float | None = None) -> PruneResult:
+              mask_format: str | None = "bool", threshold: float | None = None,
+              tile: dict | None = None) -> PruneResult:
     """N:M-prune weight [out, in] in place: in every group of m consecutive inputs keep the n highest
     scores (ties: the lower index), zero the others to +0.0.
 
     Scores: |weight|·factor ([in] fp32, None = magnitude), +inf on protect ([in] bool); or `scores`
     [out, in] given (then weight is only written, and may be None when apply=False). apply=False leaves
     weight untouched. mask_format: 'bool' | 'bits' | None. threshold: also return Σ score and the count
-    of scores above it (OWL), from the same pass.
+    of scores above it (OWL), from the same pass. tile: force `plan`'s tile (tests run the GPU tile under the
+    interpreter with it).
     """
     if not 0 < n < m:
         raise ValueError(f"nm_mask: need 0 < n < m, got {n}:{m}")
@@ -116,10 +133,9 @@ def nm_prune_(weight: torch.Tensor | None, n: int, m: int, factor: torch.Tensor 
     if apply and weight is None:
         raise ValueError("nm_prune_: apply=True needs the weight")
     mask, mask_view, stride_mr, n_bytes = alloc_mask(rows, cols, mask_format, device)
-    interpreted = _common.INTERPRETED and device.type == "cpu"
-    block_c = max(8, min(next_pow2(cols), 2048 if interpreted else 128))
-    block_r = max(1, min(next_pow2(rows), (16384 if interpreted else 2048) // block_c))
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
+    p = plan(rows, cols, m, mask_format, _common.INTERPRETED and device.type == "cpu") if tile is None else tile
+    block_r, block_c, span = p["BLOCK_R"], p["BLOCK_C"], p["SPAN"]
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, span))
     count = threshold is not None
     psum = torch.empty(grid[0] * grid[1] if count else 1, dtype=torch.float32, device=device)
     pcnt = torch.empty(grid[0] * grid[1] if count else 1, dtype=torch.int32, device=device)
@@ -132,7 +148,7 @@ def nm_prune_(weight: torch.Tensor | None, n: int, m: int, factor: torch.Tensor 
             s.stride(0), s.stride(1), stride_mr, n_bytes, float(threshold) if count else 0.0,
             N=n, M=m, FROM_SCORES=scores is not None, HAS_FACTOR=factor is not None,
             HAS_PROTECT=protect is not None, APPLY=apply, MASK_MODE={None: 0, "bool": 1, "bits": 2}[mask_format],
-            COUNT=count, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
+            COUNT=count, SPAN=span, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
     if not count:
         return PruneResult(mask)
     return PruneResult(mask, psum.double().sum(), pcnt.sum(dtype=torch.int64))

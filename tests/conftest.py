@@ -7,6 +7,8 @@ import torch
 from kernel_testing import import_triton_for_cpu
 
 import_triton_for_cpu()  # before anything imports transformers (which imports triton): see kernel_testing
+# tests see tfprune's default decode crossovers, never one `tfprune bench` stored on this machine
+os.environ.setdefault("TFPRUNE_DECODE_CROSSOVER", "none")
 
 from tfprune.builtin import build_model  # noqa: E402
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tfprune.bench import (BenchConfig, LinearShape, format_table, model_shapes, parse_shapes, preset_shapes,
-                           prune_24_, run_bench, sparse_support, summarize, time_fn, write_outputs)
+from tfprune import decode24, decode_crossover
+from tfprune.bench import (BenchConfig, LinearShape, crossover_from_ratios, format_table, model_shapes, parse_shapes,
+                           preset_shapes, prune_24_, run_bench, sparse_support, summarize, time_fn, write_outputs)
 from tfprune.cli import main
 from tfprune.errors import TfpruneError
 
@@ -23,6 +24,17 @@ STATS_FIELDS = {"median", "mean", "min", "max", "stddev", "q1", "q3", "iqr", "ro
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def crossover_store(tmp_path, monkeypatch):
+    """Crossovers that `tfprune bench` stores go to a temporary file, never the user's cache."""
+    path = tmp_path / "crossover.json"
+    monkeypatch.setenv(decode_crossover.ENV, str(path))
+    monkeypatch.delenv("TFPRUNE_DECODE_MAX_ROWS", raising=False)
+    decode_crossover.reload()
+    yield path
+    decode_crossover.reload()
 
 
 def test_shapes():
@@ -129,3 +141,29 @@ def test_shared_with_benchmark_suite():
     spec.loader.exec_module(module)
     fn = module.linear_callable(LinearShape("custom", (), 32, 64), 4, torch.float32, "dense")
     assert fn().shape == (4, 32)
+
+
+def test_crossover_from_ratios():
+    assert crossover_from_ratios({1: 1.8, 2: 1.2, 4: 0.9, 8: 1.1}) == 2  # wins again at 8, but lost at 4
+    assert crossover_from_ratios({1: 0.95, 2: 1.5}) == 0
+    assert crossover_from_ratios({1: 2.0, 16: 1.0}) == 16
+    assert crossover_from_ratios({1: 1.5, 2: float("nan")}) == 1
+
+
+def test_bench_measures_and_stores_the_decode_crossover(crossover_store):
+    record = run_bench(BenchConfig(**dict(TINY, e2e=False)))
+    crossover = record["crossover"]
+    if crossover["max_rows"] is None:  # no decode kernel on this CPU build
+        assert crossover["reason"] and not crossover_store.exists()
+        return
+    assert crossover["device"] == decode_crossover.device_key("cpu") and crossover["against"] == "dense F.linear"
+    assert [c["tokens"] for c in crossover["cases"]][:8] == [1, 2, 3, 4, 6, 8, 12, 16]
+    assert len(crossover["cases"]) == 16 and all(c["speedup"] == c["other_ms"] / c["decode_ms"] for c in crossover["cases"])
+    assert crossover["max_rows"] == crossover_from_ratios({int(m): r for m, r in crossover["ratios"].items()})
+    assert crossover["stored"] == str(crossover_store)
+    stored = json.loads(crossover_store.read_text())["devices"][crossover["device"]]
+    assert stored["max_rows"] == crossover["max_rows"] and stored["against"] == "dense F.linear"
+    assert decode24.max_rows("cpu") == crossover["max_rows"]  # what SparseLinear now uses on this machine
+    assert f"decode crossover on {crossover['device']}" in format_table(record)
+    unstored = run_bench(BenchConfig(**dict(TINY, e2e=False, linear=False, store_crossover=False, tokens=(1,))))
+    assert unstored["crossover"]["stored"] is None and unstored["linear"] == []

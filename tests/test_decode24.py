@@ -2,6 +2,7 @@
 on the unpacked weight: the layout's bytes, every CPU kernel, the Triton kernel under the interpreter, the
 errors for inputs the kernels do not take, and SparseLinear's dispatch."""
 import importlib
+import json
 import os
 import sys
 
@@ -155,7 +156,7 @@ def test_cpu_linear_reads_compressed_tensors_bitmask():
     packed = decode24.pack(w)
     bits = bitmask_of(w)
     as_bitmask = decode24.Decode24Weight(packed.values, bits, packed.shape, bitmask=True)
-    assert torch.equal(decode24.unpack(as_bitmask), w) and torch.equal(decode24._unpack_ref(as_bitmask), w)
+    assert torch.equal(decode24.unpack(as_bitmask), w) and torch.equal(decode24.unpack_ref(as_bitmask), w)
     x = torch.randn(3, 96, dtype=torch.bfloat16)  # K = 96: 3 steps of 32 (dpbf16), 6 of 16, 12 of 8
     for impl in IMPLS:
         y = extension.decode24_linear(x, packed.values, bits, None, True, torch.float32, impl)
@@ -239,9 +240,8 @@ def test_sparse_linear_on_cpu_takes_up_to_16_rows_on_the_decode_kernel(monkeypat
 @needs_ext
 @pytest.mark.parametrize("fmt", ["cutlass", "bitmask"])
 def test_sparse_linear_dispatch(fmt, monkeypatch):
-    sparse = pytest.importorskip("tfprune.sparse")
-    if not hasattr(sparse.SparseLinear, "_decode_kernel"):
-        pytest.skip("SparseLinear without the decode dispatch")
+    from tfprune import sparse
+
     linear = torch.nn.Linear(128, 64).to(torch.bfloat16)
     with torch.no_grad():
         linear.weight.copy_(sparse24(64, 128))
@@ -253,6 +253,7 @@ def test_sparse_linear_dispatch(fmt, monkeypatch):
     monkeypatch.setattr(decode24, "linear", lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
     for shape in [(1, 128), (2, 2, 128), (5, 128), (20, 128)]:
         x = torch.randn(*shape, dtype=torch.bfloat16)
+        assert module.path(x) == ("decode" if x.numel() // 128 <= 4 else "dense")
         with torch.no_grad():
             y = module(x)
         assert y.shape == (*shape[:-1], 64)
@@ -260,7 +261,83 @@ def test_sparse_linear_dispatch(fmt, monkeypatch):
     assert calls == [(1, 128), (2, 2, 128)]  # 5 and 20 rows: above the crossover, the dense path
     if fmt == "bitmask":
         assert module._decoded.codes.data_ptr() == module.meta.data_ptr()  # read in place
+    else:  # the codes come from the CUTLASS meta (no dense copy): torch's meta before its reordering
+        assert torch.equal(module._decoded.codes, decode24.pack_ref(linear.weight.detach()).codes)
     assert module._decoded.values.data_ptr() == module.values.data_ptr()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,cols", [(32, 64), (96, 320), (64, 4096), (2080, 32)])
+def test_codes_from_cutlass_meta_is_pack_ref(dtype, rows, cols):
+    """The decode codes derived from a 'cutlass' weight's reordered meta (blocks of rows; 2080 rows: a partial
+    last block of 32) are exactly decode24.pack_ref's, torch's fixed codes for groups with fewer non-zeros included."""
+    from tfprune import sparse
+
+    w = sparse24(rows, cols, dtype)
+    meta = sparse.pack(w, "cutlass").meta
+    codes = decode24.codes_from_cutlass_meta(meta, (rows, cols), block_rows=32 if rows < 2000 else 1024)  # 2080: a partial last block
+    assert torch.equal(codes, decode24.pack_ref(w).codes)
+    with pytest.raises(ValueError, match="int16"):
+        decode24.codes_from_cutlass_meta(meta.int(), (rows, cols))
+
+
+# ------------------------------------------------------------------------------------ stored crossovers
+
+
+@pytest.fixture
+def crossover_file(tmp_path, monkeypatch):
+    from tfprune import decode_crossover
+
+    path = tmp_path / "cache" / "decode-crossover.json"
+    monkeypatch.setenv(decode_crossover.ENV, str(path))
+    monkeypatch.delenv("TFPRUNE_DECODE_MAX_ROWS", raising=False)
+    decode_crossover.reload()
+    yield path
+    decode_crossover.reload()
+
+
+def test_stored_crossover_is_read_by_max_rows(crossover_file, monkeypatch):
+    from tfprune import decode_crossover
+
+    default = decode24.DEFAULT_MAX_ROWS[f"cpu-{ISA}"]
+    assert decode_crossover.lookup("cpu") is None and decode24.max_rows("cpu") == default
+    stored = 3 if default != 3 else 5
+    path = decode_crossover.store("cpu", stored, {"against": "dense F.linear", "ratios": {"1": 1.9}})
+    assert path == crossover_file
+    record = json.loads(crossover_file.read_text())
+    key = decode_crossover.device_key("cpu")
+    assert key.startswith(f"cpu:{ISA}:") and record["schema"] == 1
+    assert record["devices"][key]["max_rows"] == stored and record["devices"][key]["against"] == "dense F.linear"
+    assert decode24.max_rows("cpu") == stored
+    assert decode24.max_rows("cpu", dense_available=False) == decode24.MAX_ROWS
+    monkeypatch.setenv("TFPRUNE_DECODE_MAX_ROWS", "2")  # the environment still wins
+    assert decode24.max_rows("cpu") == 2
+    monkeypatch.delenv("TFPRUNE_DECODE_MAX_ROWS")
+    decode_crossover.store("cpu", 0)  # replaced, and 0 means: never the decode kernel, even against unpacking
+    assert decode24.max_rows("cpu") == 0 and decode24.max_rows("cpu", dense_available=False) == 0
+    other = {"schema": 1, "devices": {"cuda:NVIDIA H200:sm_90": {"max_rows": 8}, key: {"max_rows": 0}}}
+    crossover_file.write_text(json.dumps(other))
+    decode_crossover.reload()
+    decode_crossover.store("cpu", 4)  # other devices' records are kept
+    assert json.loads(crossover_file.read_text())["devices"]["cuda:NVIDIA H200:sm_90"]["max_rows"] == 8
+
+
+def test_crossover_store_off_unreadable_and_bad_values(crossover_file, monkeypatch):
+    from tfprune import decode_crossover
+
+    crossover_file.parent.mkdir(parents=True)
+    crossover_file.write_text("{not json")
+    assert decode_crossover.lookup("cpu") is None  # unreadable: the defaults
+    crossover_file.write_text(json.dumps({"schema": 99, "devices": {decode_crossover.device_key("cpu"): {"max_rows": 1}}}))
+    decode_crossover.reload()
+    assert decode_crossover.lookup("cpu") is None  # another schema: ignored
+    with pytest.raises(ValueError, match="non-negative int"):
+        decode_crossover.store("cpu", -1)
+    monkeypatch.setenv(decode_crossover.ENV, "none")
+    assert decode_crossover.store_path() is None and decode_crossover.store("cpu", 2) is None
+    monkeypatch.delenv(decode_crossover.ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(crossover_file.parent))
+    assert decode_crossover.store_path() == crossover_file.parent / "tfprune" / "decode-crossover.json"
 
 
 # ------------------------------------------------------------------------------- Triton (interpreted)
@@ -288,10 +365,23 @@ def triton_decode():
     return module, DEVICE
 
 
+def reference64(x, w, bias=None):
+    return F.linear(x.double(), w.double(), None if bias is None else bias.double())
+
+
+def on(device, *tensors):
+    return [t.to(device) if t is not None else None for t in tensors]
+
+
+TRITON_CASES = [(1, 4, 1, None, True), (37, 100, 1, None, True), (64, 512, 16, None, False), (33, 1028, 5, 3, True),
+                (100, 260, 7, 2, False), (129, 96, 3, 2, True), (7, 4100, 16, 5, False)]
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("n,k,m,split_k,bias", [(37, 100, 1, None, True), (64, 512, 16, None, False),
-                                                (33, 1028, 5, 3, True), (100, 260, 7, 2, False)])
-def test_triton_decode(triton_decode, monkeypatch, dtype, n, k, m, split_k, bias):
+@pytest.mark.parametrize("n,k,m,split_k,bias", TRITON_CASES)
+def test_triton_decode_against_float64(triton_decode, monkeypatch, dtype, n, k, m, split_k, bias):
+    """Odd N, K with tails (K % 32 != 0 reads the codes as bytes, else as int32 words), M = 1..16, split-K
+    partials and bias: fp32 accumulation of exact bf16/fp16 products against the float64 product."""
     kernel, device = triton_decode
     if device == "cpu":
         monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -299,12 +389,80 @@ def test_triton_decode(triton_decode, monkeypatch, dtype, n, k, m, split_k, bias
     packed = decode24.pack_ref(w)
     x = torch.randn(m, k).to(dtype)
     b = torch.randn(n).to(dtype) if bias else None
-    args = [t.to(device) if t is not None else None for t in (x, packed.values, packed.codes, b)]
+    args = on(device, x, packed.values, packed.codes, b)
     y = kernel.sparse24_decode_linear(*args, out_dtype=torch.float32, split_k=split_k)
-    assert rel_err(y.cpu(), reference(x, w, b)) < 1e-3
+    ref = reference64(x, w, b)
+    scale = float(reference64(x.abs(), w.abs(), None if b is None else b.abs()).abs().max())
+    assert float((y.cpu().double() - ref).abs().max()) <= 2e-6 * scale
     y16 = kernel.sparse24_decode_linear(*args, split_k=split_k)
-    assert y16.dtype == dtype and rel_err(y16.cpu(), reference(x, w, b)) < 4e-3
+    assert y16.dtype == dtype
+    if device == "cuda":  # one rounding (to nearest even) of the fp32 result
+        assert torch.equal(y16, y.to(dtype))
+    else:  # the interpreter rounds fp32 -> bf16 towards zero: within one unit in the last place
+        ulp = y.abs() * (2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10) + 1e-30
+        assert ((y16.float() - y).abs() <= ulp).all()
     assert torch.equal(kernel.unpack_ref(packed.values, packed.codes), w)
+
+
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_triton_decode_is_bitwise_reproducible(triton_decode, monkeypatch, split_k):
+    """No atomics: split-K partials are added in slice order, so every run gives the same bits (fp32 out)."""
+    kernel, device = triton_decode
+    if device == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    w = sparse24(70, 800, torch.bfloat16, seed=3)
+    packed = decode24.pack_ref(w)
+    x = (torch.randn(9, 800) * 100).to(torch.bfloat16)  # large magnitudes: a reordered sum would show
+    args = on(device, x, packed.values, packed.codes, torch.randn(70).to(torch.bfloat16))
+    runs = [kernel.sparse24_decode_linear(*args, out_dtype=torch.float32, split_k=split_k) for _ in range(3)]
+    assert all(torch.equal(runs[0].view(torch.int32), r.view(torch.int32)) for r in runs[1:])
+
+
+def test_triton_decode_gpu_plan_interpreted(triton_decode, monkeypatch):
+    """The plan a 132-SM GPU launches (32 x 256 tiles, 3 stages, K split in 8 slices for N = 128 here: the
+    partial workspace and the ordered reduction) run under the interpreter, against float64."""
+    kernel, device = triton_decode
+    if device == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    n, k = 128, 2048
+    tile = kernel.plan(n, k, 132, False)
+    assert (tile["BLOCK_N"], tile["BLOCK_K"], tile["NUM_STAGES"], tile["SPLIT"]) == (32, 256, 3, 8)
+    w = sparse24(n, k, torch.float16, seed=5)
+    packed = decode24.pack_ref(w)
+    x, b = torch.randn(3, k).to(torch.float16), torch.randn(n).to(torch.float16)
+    y = kernel.sparse24_decode_linear(*on(device, x, packed.values, packed.codes, b), out_dtype=torch.float32, tile=tile)
+    ref = reference64(x, w, b)
+    assert float((y.cpu().double() - ref).abs().max()) <= 2e-6 * float(ref.abs().max()) * 4
+
+
+def test_triton_decode_plan_depends_on_the_shape_only():
+    pytest.importorskip("triton")
+    from tfprune.kernels.sparse24_decode import plan
+
+    for n, k in [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096), (28672, 8192), (1024, 4096), (16, 100)]:
+        p = plan(n, k, 132, False)
+        k_steps = -(-k // p["BLOCK_K"])
+        assert (p["SPLIT"] - 1) * p["steps_per_split"] < k_steps <= p["SPLIT"] * p["steps_per_split"]  # none empty
+        programs = -(-n // p["BLOCK_N"]) * p["SPLIT"]
+        assert p["SPLIT"] == 1 or programs <= 2 * 132 + -(-n // p["BLOCK_N"])  # split only up to ~one wave
+        assert plan(n, k, 132, False) == p
+    assert plan(28672, 8192, 132, False)["SPLIT"] == 1 and plan(4096, 4096, 132, False)["SPLIT"] == 3
+    assert plan(4096, 4096, 132, True)["SPLIT"] == 1  # interpreted: programs run one after another
+
+
+def test_triton_decode_writes_a_preallocated_output(triton_decode, monkeypatch):
+    kernel, device = triton_decode
+    if device == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    w = sparse24(40, 64, torch.bfloat16)
+    packed = decode24.pack_ref(w)
+    x = torch.randn(2, 64).to(torch.bfloat16)
+    out = torch.full((2, 40), float("nan"), device=device)
+    for split in (1, 2):
+        y = kernel.sparse24_decode_linear(*on(device, x, packed.values, packed.codes), out=out, split_k=split)
+        assert y is out and rel_err(out.cpu(), reference(x, w)) < 1e-5
+    with pytest.raises(ValueError, match="out must be"):
+        kernel.sparse24_decode_linear(*on(device, x, packed.values, packed.codes), out=out[:, :39])
 
 
 def test_triton_decode_bitmask_noncontiguous_and_errors(triton_decode, monkeypatch):
@@ -326,3 +484,27 @@ def test_triton_decode_bitmask_noncontiguous_and_errors(triton_decode, monkeypat
         kernel.sparse24_decode_linear(torch.randn(2, 64, device=device), v, c)
     with pytest.raises(ValueError, match="codes"):
         kernel.sparse24_decode_linear(torch.randn(2, 64, dtype=torch.float16, device=device), v, c[:, :4])
+
+
+def test_decode24_triton_path_checks_bias_and_out_then_launches(triton_decode, monkeypatch):
+    """decode24.linear's CUDA branch (triton_linear: no weight checks, the weight was validated once), run on
+    CPU tensors under the interpreter when there is no GPU."""
+    kernel, device = triton_decode
+    if device == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    w = sparse24(96, 4096, torch.bfloat16, seed=2)  # K % 32 == 0: the codes as int32 words
+    packed = decode24.pack_ref(w).to(device)
+    x = torch.randn(5, 4096).to(torch.bfloat16)
+    bias = torch.randn(96).to(torch.bfloat16)
+    xd, bd = x.to(device), bias.to(device)
+    y = decode24.triton_linear(xd, packed, bd, torch.float32)
+    ref = reference64(x, w, bias)
+    assert float((y.cpu().double() - ref).abs().max()) <= 2e-6 * float(reference64(x.abs(), w.abs()).max())
+    out = torch.empty(5, 96, dtype=torch.bfloat16, device=device)
+    assert decode24.triton_linear(xd, packed, bd, out=out) is out
+    with pytest.raises(ValueError, match="bias must be"):
+        decode24.triton_linear(xd, packed, bd[:-1])
+    with pytest.raises(ValueError, match="out_dtype must be"):
+        decode24.triton_linear(xd, packed, None, torch.float64)
+    with pytest.raises(ValueError, match="out_dtype must be"):
+        decode24.triton_linear(xd, packed, None, torch.float32, out=out)

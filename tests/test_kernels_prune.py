@@ -230,3 +230,26 @@ def test_prune_kernels_are_deterministic():
     for first, second in zip(*runs):
         assert torch.equal(first.mask, second.mask) and torch.equal(first.score_sum, second.score_sum)
         assert torch.equal(first.outliers, second.outliers)
+
+
+# ------------------------------------------------------------------------------- the GPU tile, interpreted
+
+GPU_NM = [(1, 3), (2, 6), (3, 5), (2, 4), (5, 12)]
+
+
+@pytest.mark.parametrize("mask_format", ["bool", "bits"])
+@pytest.mark.parametrize("n,m", GPU_NM)
+def test_nm_prune_with_the_gpu_tile(n, m, mask_format):
+    """The GPU launch's tile under the interpreter (programs run one after another, so a group of M that
+    spans two programs would see weights the first one already zeroed): a negative factor makes a zeroed
+    weight score above every kept one, so any such read changes the mask."""
+    rows, cols = 5, 1080  # 1080 = lcm(3, 5, 6, 8, 12, 24, 40) * k: groups (and bytes) straddle 128-column tiles
+    weight, factor, protect = weight_and_vectors(rows, cols, torch.float32, protect_every=0, seed=m)
+    factor = -(factor.float() + 0.5)
+    tile = NM.plan(rows, cols, m, mask_format, interpreted=False)
+    assert tile["BLOCK_C"] == 128 and tile["SPAN"] % m == 0 and (mask_format != "bits" or tile["SPAN"] % 8 == 0)
+    pruned = weight.clone()
+    mask = NM.nm_prune_(pruned, n, m, factor, mask_format=mask_format, tile=tile).mask
+    keep = NM.nm_prune_ref(weight.clone(), n, m, factor)
+    assert torch.equal(mask.cpu(), keep.cpu() if mask_format == "bool" else packbits(keep))
+    check_pruned(pruned, weight, keep)

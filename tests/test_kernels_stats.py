@@ -151,3 +151,15 @@ def test_channel_stats_through_ops_and_channelstats(monkeypatch):
     stats.update(x)
     with pytest.raises(NonFiniteActivationError, match="channels \\[5\\]"):
         stats.check_finite("layers.0.q_proj")
+
+
+def test_column_offsets_past_int32():
+    """C·stride_c ≥ 2³¹ elements (a column-major view of a large activation): offsets are int64. The storage
+    is 4 GiB of virtual memory of which only the 15 elements read are touched."""
+    tokens, channels, stride_c = 3, 5, 2**29  # the last column starts at element 2³¹
+    storage = torch.empty((channels - 1) * stride_c + tokens, dtype=torch.float16, device=DEVICE)
+    x = storage.as_strided((tokens, channels), (1, stride_c))
+    values = torch.arange(1, tokens * channels + 1, dtype=torch.float16, device=DEVICE).reshape(channels, tokens)
+    for c in range(channels):
+        storage[c * stride_c:c * stride_c + tokens] = values[c]
+    check(run(x, 7.0), x.clone(), 7.0)

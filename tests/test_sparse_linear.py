@@ -1,5 +1,6 @@
-"""SparseLinear computes F.linear with the dense 2:4 weight; sparsify swaps 2:4 layers and says why it skips
-the others."""
+"""SparseLinear computes F.linear with the dense 2:4 weight; its choice of path (decode kernel, torch's 2:4 GEMMs by
+compute capability, the unpacked weight); sparsify swaps 2:4 layers and says why it skips the others. The CUDA
+runs of these paths are in test_sparse_cuda.py."""
 import copy
 import warnings
 
@@ -9,14 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import tfprune
-from tfprune import masks, ops
+from tfprune import decode24, masks, ops
 from tfprune.engine.discovery import weight_matrix
-from tfprune.sparse import SparseLinear, SparseFormatError, kernel_support, linear as linear_module
+from tfprune.sparse import SparseLinear, SparseFormatError, backends, kernel_support, linear as linear_module
+from tfprune.sparse.formats import pack, unpack_by_rows, unpack_ref
 
 from sparse_testing import prune_24_
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-
 
 def pruned_linear(out_features, in_features, dtype=torch.float32, bias=True, seed=0):
     torch.manual_seed(seed)
@@ -141,15 +140,98 @@ def test_kernel_support_reasons():
     assert kernel_support((64, 64), torch.float16, "cpu") == "no 2:4 sparse kernel on cpu"
 
 
-@cuda
-@pytest.mark.parametrize("format", ["cutlass", "bitmask"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_kernel_matches_dense(format, dtype):
-    if torch.cuda.get_device_capability()[0] < 8:
-        pytest.skip("2:4 sparse tensor cores need sm_80+")
-    dense = pruned_linear(256, 512, dtype).cuda()
-    sparse = SparseLinear.from_linear(dense, format)
-    for tokens in (1, 7, 128):
-        x = torch.randn(tokens, 512, device="cuda", dtype=dtype)
-        torch.testing.assert_close(sparse(x), F.linear(x, dense.weight, dense.bias), rtol=2e-2, atol=2e-2)
-    assert sparse._kernel_weight is not None
+# ------------------------------------------------------------------------------------------ backends
+
+CUTLASS_ROWS, CUTLASS_COLS = backends.SHAPE_MULTIPLES["cutlass"]  # torch's: (32, 64) in 2.13
+SPARSELT_ROWS, SPARSELT_COLS = backends.SHAPE_MULTIPLES["cusparselt"]  # (16, 16) in 2.13
+ODD = (64, 96)  # CUTLASS needs in_features % 64; cuSPARSELt (torch 2.13) % 16
+POLICY = [
+    ((8, 0), torch.bfloat16, (4096, 4096), True, "cutlass", None),
+    ((8, 6), torch.float16, ODD, True, "cusparselt", None),
+    ((8, 0), torch.float16, ODD, False, None,
+     f"CUTLASS 2:4 kernel (out_features a multiple of {CUTLASS_ROWS}, in_features of {CUTLASS_COLS}"),
+    ((9, 0), torch.bfloat16, (4096, 4096), True, "cusparselt", None),
+    ((9, 0), torch.bfloat16, (4096, 4096), False, None, "runs on 8.x only (pytorch#132928)"),
+    ((10, 0), torch.float16, (11008, 4096), True, "cusparselt", None),
+    ((7, 5), torch.float16, (4096, 4096), True, None, "compute capability 8.0+, the device has 7.5"),
+    ((9, 0), torch.float32, (4096, 4096), True, None, "float16/bfloat16 here, not float32"),
+    ((9, 0), torch.bfloat16, (40, 64), True, None,
+     f"unsupported by cuSPARSELt (out_features a multiple of {SPARSELT_ROWS}"),
+]
+
+
+@pytest.mark.parametrize("capability,dtype,shape,cusparselt,backend,reason", POLICY)
+def test_gemm_backend_by_capability(capability, dtype, shape, cusparselt, backend, reason):
+    """CUTLASS from the packed tensors on 8.x, cuSPARSELt on 9.x and later (torch's CUTLASS 2:4 GEMM is 8.x
+    only), cuSPARSELt on 8.x for shapes CUTLASS does not take; otherwise none, with the reason."""
+    if shape == ODD and backend == "cusparselt" and (ODD[0] % SPARSELT_ROWS or ODD[1] % SPARSELT_COLS):
+        pytest.skip(f"this torch's cuSPARSELt takes multiples of {(SPARSELT_ROWS, SPARSELT_COLS)}, not {ODD}")
+    chosen, why = backends.policy(capability, dtype, shape, cusparselt)
+    assert chosen == backend
+    assert (why is None) if reason is None else (reason in why)
+
+
+def test_backend_support_and_choices_on_cpu():
+    assert kernel_support((64, 64), torch.float16, "cpu") == "no 2:4 sparse kernel on cpu"
+    assert backends.support("cusparselt", (64, 64), torch.float16, "cpu") == "no 2:4 sparse kernel on cpu"
+    with pytest.raises(ValueError, match="unknown 2:4 GEMM backend"):
+        backends.support("marlin", (64, 64), torch.float16, "cpu")
+    with pytest.raises(ValueError, match="backend must be one of auto, cutlass, cusparselt, dense"):
+        SparseLinear(pack(pruned_linear(32, 64, torch.float16).weight, "cutlass"), backend="cuda")
+    forced = SparseLinear.from_linear(pruned_linear(32, 64, torch.float16), "cutlass", backend="cutlass")
+    assert "backend=cutlass" in repr(forced)
+    with pytest.raises(ValueError, match="backend='cutlass' cannot run here: no 2:4 sparse kernel on cpu"):
+        forced(torch.randn(40, 64, dtype=torch.float16))
+
+
+def test_paths_on_cpu(monkeypatch):
+    """Few tokens: the decode kernel (up to the crossover, here forced to 4); more: the unpacked weight."""
+    sparse = SparseLinear.from_linear(pruned_linear(64, 128, torch.bfloat16), "bitmask")
+    x = {rows: torch.randn(rows, 128, dtype=torch.bfloat16) for rows in (1, 4, 5, 40)}
+    assert {rows: sparse.path(v) for rows, v in x.items()} == dict.fromkeys(x, "dense")  # the fixture: crossover 0
+    monkeypatch.setenv("TFPRUNE_DECODE_MAX_ROWS", "4")
+    if decode24.unsupported_reason(x[1], sparse._decode_weight()) is None:  # the C++ kernel is built
+        assert [sparse.path(x[r]) for r in (1, 4, 5, 40)] == ["decode", "decode", "dense", "dense"]
+    assert sparse.gemm_backend() == ("dense", "no 2:4 sparse kernel on cpu")
+    assert sparse.prepare() is sparse and sparse._decoded is not None and sparse._gemm_weight is None
+
+
+def test_gemm_path_wiring(monkeypatch):
+    """The GEMM path (simulated on the CPU): the backend is chosen once per device/dtype, its operand built
+    once from the module's packed weight in its current dtype, and F.linear runs on it; a cast chooses again."""
+    built = []
+
+    def build(backend, packed, dtype):
+        built.append((backend, packed.format, dtype))
+        return unpack_ref(packed).to(dtype)  # a dense stand-in for torch's sparse operand
+
+    monkeypatch.setattr(backends, "choose", lambda shape, dtype, device: ("cusparselt", None))
+    monkeypatch.setattr(backends, "build", build)
+    dense = pruned_linear(64, 128, torch.float16)
+    sparse = SparseLinear.from_linear(dense, "cutlass")
+    x = torch.randn(7, 128, dtype=torch.float16)
+    assert sparse.path(x) == "cusparselt"
+    for _ in range(2):
+        assert torch.equal(sparse(x), F.linear(x, dense.weight, dense.bias))
+    assert built == [("cusparselt", "cutlass", torch.float16)]
+    sparse.bfloat16()
+    assert sparse.path(x.bfloat16()) == "cusparselt" and sparse.path(x) == "dense"  # input dtype differs
+    sparse(x.bfloat16())
+    assert built[-1] == ("cusparselt", "cutlass", torch.bfloat16)
+    monkeypatch.setattr(backends, "support", lambda backend, shape, dtype, device: None)
+    sparse.backend = "cutlass"  # another backend: chosen again, its own operand built
+    sparse(x.bfloat16())
+    assert built[-1] == ("cutlass", "cutlass", torch.bfloat16) and len(built) == 3
+
+
+@pytest.mark.parametrize("format,dtype", [("cutlass", torch.bfloat16), ("cutlass", torch.float16),
+                                          ("bitmask", torch.float16), ("bitmask", torch.float32)])
+def test_unpack_by_rows_is_unpack_ref(format, dtype):
+    """The blockwise unpacker (GPUs without the CUDA extension) equals torch's own conversion bit for bit."""
+    weight = pruned_linear(96, 320, dtype).weight.detach()
+    weight[0, :4] = 0.0  # a group without non-zeros: torch's fixed codes
+    packed = pack(weight, format)
+    by_rows = unpack_by_rows(packed, block_rows=32)
+    assert torch.equal(by_rows.view(torch.int16 if dtype != torch.float32 else torch.int32),
+                       unpack_ref(packed).view(torch.int16 if dtype != torch.float32 else torch.int32))
+    assert torch.equal(by_rows, weight)

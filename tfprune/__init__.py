@@ -3,6 +3,7 @@
     import tfprune
     report = tfprune.prune(model, tokenizer, tfprune.PruneConfig(sparsity=0.5, pattern="2:4"))
 """
+from . import _checkout  # noqa: F401  (first: registers tfprune.kernels from a plain checkout, see there)
 from . import ops
 from .calib import ParallelCorpus, builtin_corpus, load_corpus
 from .config import PruneConfig

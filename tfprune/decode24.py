@@ -14,20 +14,23 @@ kernels do not take raise `DecodeUnsupported`; `unsupported_reason` says why bef
 (SparseLinear) can fall back to its dense or CUTLASS path.
 
 When to use it: `max_rows(device)` is the crossover, the largest M for which the decode kernel beats the
-dense path (`DEFAULT_MAX_ROWS`, measured with benchmarks/bench_decode.py and recorded in
-benchmarks/README.md); override with TFPRUNE_DECODE_MAX_ROWS=<int> (0 disables the kernel).
+other path: TFPRUNE_DECODE_MAX_ROWS=<int> if set (0 disables the kernel), else what `tfprune bench` measured
+on this device and stored (tfprune.decode_crossover), else `DEFAULT_MAX_ROWS` (CPU: measured with
+benchmarks/bench_decode.py, benchmarks/README.md; CUDA: the kernel's row limit until measured).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import torch
 
+from . import decode_crossover
 from ._ext import extension
 
-__all__ = ["MAX_ROWS", "DEFAULT_MAX_ROWS", "DecodeUnsupported", "Decode24Weight", "pack", "pack_ref", "unpack",
-           "linear", "linear_ref", "unsupported_reason", "max_rows"]
+__all__ = ["MAX_ROWS", "DEFAULT_MAX_ROWS", "DTYPES", "DecodeUnsupported", "Decode24Weight", "pack", "pack_ref", "unpack",
+           "unpack_ref", "codes_from_cutlass_meta", "linear", "triton_linear", "linear_ref", "unsupported_reason", "max_rows"]
 
 MAX_ROWS = 16  # rows of x (tokens) the kernels take
 
@@ -35,11 +38,12 @@ MAX_ROWS = 16  # rows of x (tokens) the kernels take
 #: best kernel the CPU runs (decode24_isa): measured side by side with torch's dense bf16 F.linear at 2
 #: threads (benchmarks/README.md, "2:4 decode kernels"); the AVX2 figure is the AVX2 kernels' measured
 #: crossover against torch on that AVX-512 machine (pessimistic for AVX2-only CPUs, where torch's dense
-#: path is slower too); the portable kernel is scalar and never wins. CUDA: the kernel's row limit, not yet
-#: measured on a GPU (benchmarks/bench_decode.py prints the ratios to re-derive it).
+#: path is slower too); the portable kernel is scalar and never wins. CUDA: the kernel's row limit, not
+#: measured on a GPU: `tfprune bench` (or `make gpu-check`) measures the device's and stores it.
 DEFAULT_MAX_ROWS = {"cpu-avx512bf16": 4, "cpu-avx2": 2, "cpu-portable": 0, "cuda": 16}
 
 _CPU_X_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPES = _CPU_X_DTYPES  # weight dtypes of the decode layout (the GPU kernel takes the 16-bit ones)
 _GPU_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -65,6 +69,8 @@ class Decode24Weight:
                              f"codes [{n}, {-(-k // 8)}]; got {tuple(self.values.shape)}, {tuple(self.codes.shape)}")
         if self.codes.dtype != torch.uint8 or self.values.device != self.codes.device:
             raise ValueError("Decode24Weight: codes must be uint8 on the values' device")
+        if (self.values.numel() and self.values.stride(1) != 1) or (self.codes.numel() and self.codes.stride(1) != 1):
+            raise ValueError("Decode24Weight: values and codes must be contiguous along K")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -132,10 +138,29 @@ def unpack(packed: Decode24Weight) -> torch.Tensor:
     """The dense W [N, K] (zeros +0.0)."""
     if packed.device.type == "cpu" and extension is not None:
         return extension.decode24_unpack(packed.values, packed.codes, packed.bitmask)
-    return _unpack_ref(packed)
+    return unpack_ref(packed)
 
 
-def _unpack_ref(packed: Decode24Weight) -> torch.Tensor:
+def codes_from_cutlass_meta(meta: torch.Tensor, shape: tuple[int, int], block_rows: int = 1024) -> torch.Tensor:
+    """The decode codes uint8 [N, K/8] of a 16-bit 'cutlass' weight from its reordered int16 meta [N, K/16]
+    alone (on the meta's device): the codes are torch's meta before its reordering, so this undoes the
+    reorder, block_rows rows at a time (int64 temporaries of one block, never of the whole weight)."""
+    from .sparse.formats import _meta_offsets
+
+    n, k = shape
+    if meta.dtype != torch.int16 or tuple(meta.shape) != (n, k // 16) or k % 16:
+        raise ValueError(f"codes_from_cutlass_meta: meta must be int16 [{n}, {k // 16}] of a 16-bit weight, got "
+                         f"{meta.dtype} {tuple(meta.shape)}")
+    flat = meta.reshape(-1)
+    words = torch.empty(n, k // 16, dtype=torch.int16, device=meta.device)
+    for begin in range(0, n, block_rows):
+        end = min(n, begin + block_rows)
+        words[begin:end] = flat[_meta_offsets(n, begin, end, k // 16, meta.device)].view(end - begin, k // 16)
+    return words.view(torch.uint8)  # little-endian: word w = groups 4w..4w+3, low nibble first
+
+
+def unpack_ref(packed: Decode24Weight) -> torch.Tensor:
+    """Pure-torch unpacker (any device): the dense W [N, K]."""
     n, k = packed.shape
     nibbles = torch.stack([packed.codes & 0xF, packed.codes >> 4], -1).reshape(n, -1)[:, :k // 4].long()
     if packed.bitmask:
@@ -151,22 +176,45 @@ def _unpack_ref(packed: Decode24Weight) -> torch.Tensor:
 
 
 def max_rows(device: torch.device | str, dense_available: bool = True) -> int:
-    """The crossover for `device`: run the decode kernel for M ≤ this (TFPRUNE_DECODE_MAX_ROWS overrides).
-    dense_available=False: the alternative is not a dense GEMM but unpacking the weight on every call (a
-    SparseLinear on a device without a 2:4 GEMM kernel), which every kernel that wins at M = 1 beats up to
-    MAX_ROWS (benchmarks/README.md: 16 tokens, decode kernel 0.6–0.7× dense vs unpack + dense 0.15–0.18×)."""
-    env = os.environ.get("TFPRUNE_DECODE_MAX_ROWS", "").strip()
+    """The crossover for `device`: run the decode kernel for M ≤ this. TFPRUNE_DECODE_MAX_ROWS overrides;
+    else the crossover `tfprune bench` stored for this device (tfprune.decode_crossover); else
+    DEFAULT_MAX_ROWS. dense_available=False: the alternative is not a GEMM but unpacking the weight on every
+    call (a SparseLinear on a device without a 2:4 GEMM kernel), which every kernel that wins at M = 1 beats
+    up to MAX_ROWS (benchmarks/README.md: 16 tokens, decode kernel 0.6–0.7× dense vs unpack + dense 0.15–0.18×)."""
+    key = (device, dense_available, os.environ.get("TFPRUNE_DECODE_MAX_ROWS", ""), decode_crossover.state())
+    found = _max_rows_memo.get(key)
+    if found is None:
+        found = _max_rows_memo[key] = _max_rows(device, dense_available, key[2].strip())
+    return found
+
+
+_max_rows_memo: dict[tuple, int] = {}  # max_rows runs on every SparseLinear forward: one dict lookup
+
+
+def _max_rows(device, dense_available: bool, env: str) -> int:
     if env:
         try:
             return max(0, min(MAX_ROWS, int(env)))
         except ValueError:
             raise ValueError(f"TFPRUNE_DECODE_MAX_ROWS={env!r} is not an integer") from None
-    kind = torch.device(device).type
-    if kind == "cpu":
-        isa = extension.decode24_isa() if extension is not None and hasattr(extension, "decode24_isa") else "portable"
-        kind = f"cpu-{isa}"
-    crossover = DEFAULT_MAX_ROWS.get(kind, 0)
+    crossover = decode_crossover.lookup(device)
+    if crossover is None:
+        kind = torch.device(device).type
+        if kind == "cpu":
+            isa = extension.decode24_isa() if extension is not None and hasattr(extension, "decode24_isa") else "portable"
+            kind = f"cpu-{isa}"
+        crossover = DEFAULT_MAX_ROWS.get(kind, 0)
+    crossover = max(0, min(MAX_ROWS, crossover))
     return crossover if dense_available or crossover == 0 else MAX_ROWS
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_import_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except Exception as error:  # ImportError, or a broken install raising anything at import
+        return f"triton cannot be imported ({type(error).__name__}: {error})"
+    return None
 
 
 def unsupported_reason(x: torch.Tensor, packed: Decode24Weight) -> str | None:
@@ -188,34 +236,48 @@ def unsupported_reason(x: torch.Tensor, packed: Decode24Weight) -> str | None:
     if x.device.type == "cuda":
         if x.dtype not in _GPU_DTYPES or packed.dtype not in _GPU_DTYPES:
             return f"the Triton kernel takes fp16/bf16, got x {x.dtype}, weight {packed.dtype}"
-        try:
-            import triton  # noqa: F401
-        except Exception as error:  # ImportError, or a broken install raising anything at import
-            return f"triton cannot be imported ({type(error).__name__}: {error})"
-        return None
+        return _triton_import_error()
     return f"no decode kernel for device {x.device}"
 
 
 def linear(x: torch.Tensor, packed: Decode24Weight, bias: torch.Tensor | None = None, *,
-           out_dtype: torch.dtype | None = None) -> torch.Tensor:
+           out_dtype: torch.dtype | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, W, bias) for x [..., K] with at most 16 rows in all (fp32 accumulation), W given packed.
-    Output [..., N] in out_dtype (default x's). Raises DecodeUnsupported for inputs the kernels do not take."""
+    Output [..., N] in out_dtype (default x's). out (CUDA): a preallocated [M, N] output the Triton kernel
+    writes (for CUDA graphs). Raises DecodeUnsupported for inputs the kernels do not take."""
     reason = unsupported_reason(x, packed)
     if reason is not None:
         raise DecodeUnsupported(f"decode24.linear: {reason}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, packed.shape[1])
     if x.device.type == "cpu":
+        if out is not None:
+            raise ValueError("decode24.linear: out= is for the CUDA kernel")
         y = extension.decode24_linear(x2, packed.values, packed.codes, bias, packed.bitmask, out_dtype)
     else:
-        from .kernels.sparse24_decode import sparse24_decode_linear
-
-        y = sparse24_decode_linear(x2, packed.values, packed.codes, bias, bitmask=packed.bitmask, out_dtype=out_dtype)
+        y = triton_linear(x2, packed, bias, out_dtype, out)
     return y.reshape(*lead, packed.shape[0])
+
+
+def triton_linear(x: torch.Tensor, packed: Decode24Weight, bias: torch.Tensor | None = None,
+                  out_dtype: torch.dtype | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """linear's Triton path for x [M, K] that unsupported_reason accepted: the weight was validated when the
+    Decode24Weight was built, so only bias and out are checked before the launch (kept short: it runs once
+    per layer and token). CPU tensors run it under TRITON_INTERPRET=1 (tests)."""
+    from .kernels import sparse24_decode
+
+    out_dtype = out_dtype or (out.dtype if out is not None else x.dtype)
+    if (bias is not None and (bias.shape != (packed.shape[0],) or bias.device != x.device)) or (out is not None and (
+            out.shape != (x.shape[0], packed.shape[0]) or out.stride(1) != 1 or out.device != x.device)):
+        raise ValueError(f"decode24.linear: bias must be [{packed.shape[0]}] and out [{x.shape[0]}, "
+                         f"{packed.shape[0]}] (contiguous along N) on {x.device}")
+    if out_dtype not in _GPU_DTYPES + (torch.float32,) or (out is not None and out.dtype != out_dtype):
+        raise ValueError(f"decode24.linear: out_dtype must be fp16/bf16/fp32 (and out's), got {out_dtype}")
+    return sparse24_decode.launch(x, packed.values, packed.codes, bias, packed.bitmask, out_dtype, out)
 
 
 def linear_ref(x: torch.Tensor, packed: Decode24Weight, bias: torch.Tensor | None = None, *,
                out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Reference: F.linear in fp32 on the unpacked weight, cast to out_dtype (default x's)."""
-    y = torch.nn.functional.linear(x.float(), _unpack_ref(packed).float(), None if bias is None else bias.float())
+    y = torch.nn.functional.linear(x.float(), unpack_ref(packed).float(), None if bias is None else bias.float())
     return y.to(out_dtype or x.dtype)

@@ -26,6 +26,10 @@ def add_parser(sub) -> None:
     b.add_argument("--sparse-format", default="cutlass", choices=["cutlass", "bitmask"])
     b.add_argument("--no-linear", action="store_true", help="skip the linear-layer cases")
     b.add_argument("--no-e2e", action="store_true", help="skip the end-to-end case")
+    b.add_argument("--no-crossover", action="store_true",
+                   help="skip measuring the decode kernel's crossover (largest token count it wins at)")
+    b.add_argument("--no-store", action="store_true", help="measure the crossover but do not store it for this "
+                                                         "device (default: stored where SparseLinear reads it)")
     b.add_argument("--e2e-model", default="builtin:llama", help="model of the end-to-end case")
     b.add_argument("--e2e-hidden", type=int, default=None, help="builtin model: hidden size (CPU 1024, CUDA 4096)")
     b.add_argument("--e2e-layers", type=int, default=None, help="builtin model: decoder blocks (4)")
@@ -54,7 +58,8 @@ def config_from_args(args) -> BenchConfig:
     return BenchConfig(device=args.device, presets=_names(args.preset), model=args.model, shapes=args.shapes,
                        tokens=_ints(args.tokens, "--tokens"), dtypes=_names(args.dtypes), reps=args.reps,
                        warmup=args.warmup, sparse_format=args.sparse_format, linear=not args.no_linear,
-                       e2e=not args.no_e2e, e2e_model=args.e2e_model, e2e_hidden=args.e2e_hidden,
+                       e2e=not args.no_e2e, crossover=not args.no_crossover, store_crossover=not args.no_store,
+                       e2e_model=args.e2e_model, e2e_hidden=args.e2e_hidden,
                        e2e_layers=args.e2e_layers, prefill_tokens=args.prefill_tokens,
                        decode_tokens=args.decode_tokens, e2e_reps=args.e2e_reps, seed=args.seed)
 

@@ -13,7 +13,7 @@ from ..errors import TfpruneError
 from .timing import summarize, synchronize, time_fn
 
 __all__ = ["PRESETS", "LinearShape", "preset_shapes", "model_shapes", "parse_shapes", "prune_24_",
-           "sparse_support", "sparse_path", "make_linear_pair", "linear_input", "bench_linear_case"]
+           "sparse_support", "path_taken", "make_linear_pair", "linear_input", "bench_linear_case"]
 
 log = logging.getLogger("tfprune")
 
@@ -112,19 +112,10 @@ def sparse_support() -> tuple[bool, str | None]:
     return True, None
 
 
-def sparse_path(out_features: int, in_features: int, dtype: torch.dtype, device: str,
-                tokens: int | None = None) -> str | None:
-    """How SparseLinear computes this case: 'kernel' (tfprune's 2:4 decode kernel for few tokens, or torch's
-    sparse GEMM), or why it falls back to the unpacked weight; None when tfprune.sparse does not say."""
-    try:
-        from .. import decode24
-        from ..sparse.linear import kernel_support
-    except ImportError:
-        return None
-    reason = kernel_support((out_features, in_features), dtype, device)
-    if tokens is not None and 1 <= tokens <= decode24.max_rows(device, dense_available=reason is None):
-        return "kernel"
-    return "kernel" if reason is None else f"unpacked weight + dense GEMM ({reason})"
+def path_taken(sparse, x: torch.Tensor) -> str:
+    """The path SparseLinear takes for x ('decode', 'cutlass', 'cusparselt'; 'dense (why)')."""
+    path = sparse.path(x)
+    return f"dense ({sparse.gemm_backend()[1]})" if path == "dense" else path
 
 
 def make_linear_pair(shape: LinearShape, dtype: torch.dtype, device: str, fmt: str = "cutlass", seed: int = 0):
@@ -182,7 +173,7 @@ def bench_linear_case(shape: LinearShape, tokens_list, dtype: torch.dtype, devic
                 row["sparse"] = _timing(time_fn(lambda: sparse(x), warmup, reps, device), flops)
                 row["speedup"] = row["dense"]["median_ms"] / row["sparse"]["median_ms"]
                 row["sparse_status"], row["sparse_reason"] = "measured", None
-                row["sparse_path"] = sparse_path(shape.out_features, shape.in_features, dtype, device, tokens)
+                row["sparse_path"] = path_taken(sparse, x)
             except Exception as error:  # no kernel for this device/dtype/shape: record why
                 row["sparse_status"] = "error"
                 row["sparse_reason"] = f"{type(error).__name__}: {error}"

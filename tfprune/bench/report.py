@@ -22,6 +22,15 @@ def format_table(record: dict) -> str:
                  f"{machine['torch_threads']} threads, {gpu}; sparse: "
                  + ("available (" + record["sparse"]["format"] + ")" if record["sparse"]["available"]
                     else "not available - " + str(record["sparse"]["reason"])))
+    crossover = record.get("crossover")
+    if crossover:
+        if crossover.get("max_rows") is None:
+            lines.append(f"decode crossover: not measured ({crossover.get('reason')})")
+        else:
+            ratios = ", ".join(f"M={m}: {r:.2f}x" for m, r in crossover["ratios"].items())
+            lines.append(f"decode crossover on {crossover['device']}: the decode kernel up to M={crossover['max_rows']} "
+                         f"tokens (vs {crossover['against']}; {ratios})"
+                         + (f"; stored in {crossover['stored']}" if crossover.get("stored") else "; not stored"))
     measured = [row for row in record["linear"] if row["status"] == "measured"]
     if measured:
         header = (f"{'device':<6} {'dtype':<8} {'model':<14} {'layers':<28} {'out x in':>12} {'tokens':>6} "
@@ -33,8 +42,9 @@ def format_table(record: dict) -> str:
             lines.append(f"{row['device']:<6} {row['dtype']:<8} {row['model'][-14:]:<14} {layers[:28]:<28} "
                          f"{row['out_features']:>6}x{row['in_features']:<5} {row['tokens']:>6} "
                          f"{_ms(row['dense'])} {_ms(row['sparse'])} {speed} {row['dense']['tflops']:10.4f}")
-        for path in sorted({row["sparse_path"] for row in measured if row.get("sparse_path") not in (None, "kernel")}):
-            lines.append(f"2:4 computed with: {path}")
+        paths = sorted({row["sparse_path"] for row in measured if row.get("sparse_path")})
+        if paths:
+            lines.append(f"2:4 paths taken: {'; '.join(paths)}")
         missing = {row["sparse_reason"] for row in measured if row["sparse_status"] != "measured"}
         for reason in sorted(missing, key=str):
             lines.append(f"2:4 not measured: {reason}")

@@ -6,8 +6,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .. import decode_crossover
 from ..errors import TfpruneError
 from ..models import DTYPES
+from .crossover import measure_crossover
 from .e2e import bench_e2e
 from .linear import PRESETS, LinearShape, bench_linear_case, model_shapes, parse_shapes, preset_shapes, sparse_support
 from .timing import machine_info, versions
@@ -29,7 +31,9 @@ DEFAULTS = {
 @dataclass(frozen=True)
 class BenchConfig:
     """None fields take the device's DEFAULTS. Shapes: `model` (a model's config) and/or `shapes`
-    (OUTxIN list), else `presets`. tokens: token counts (rows of x); dtypes: names in tfprune.models.DTYPES."""
+    (OUTxIN list), else `presets`. tokens: token counts (rows of x); dtypes: names in tfprune.models.DTYPES.
+    crossover: measure the decode kernel's crossover on the shapes (first dtype); store_crossover: record it
+    for this device where tfprune.decode24.max_rows reads it (tfprune.decode_crossover)."""
 
     device: str = "auto"
     presets: tuple[str, ...] | None = None
@@ -48,6 +52,8 @@ class BenchConfig:
     prefill_tokens: int | None = None
     decode_tokens: int | None = None
     e2e_reps: int | None = None
+    crossover: bool = True
+    store_crossover: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -104,9 +110,24 @@ def _not_measured(shapes: list[LinearShape], settings: dict, reason: str) -> lis
             for shape in shapes for dtype in gpu["dtypes"] for tokens in settings["gpu_tokens"]]
 
 
+def _crossover(shapes: list[LinearShape], settings: dict, config: BenchConfig, device: str) -> dict:
+    """The decode crossover measured on the shapes (at most the first four), stored for the device."""
+    result = measure_crossover(shapes[:4], DTYPES[settings["dtypes"][0]], device, settings["reps"], settings["warmup"],
+                               config.sparse_format, seed=config.seed)
+    result["device"] = decode_crossover.device_key(device)
+    result["stored"] = None
+    if result["max_rows"] is not None and config.store_crossover:
+        details = {k: result[k] for k in ("against", "dtype", "ratios", "shapes", "reps")}
+        path = decode_crossover.store(device, result["max_rows"], details)
+        result["stored"] = None if path is None else str(path)
+    log.info("decode crossover on %s: %s", result["device"], result.get("max_rows"))
+    return result
+
+
 def run_bench(config: BenchConfig = BenchConfig()) -> dict:
-    """Run every linear case and the end-to-end case; return the full record (JSON-ready): machine,
-    versions, settings, sparse availability, linear rows and e2e rows, every sample included."""
+    """Run every linear case, the decode crossover and the end-to-end case; return the full record
+    (JSON-ready): machine, versions, settings, sparse availability, crossover, linear rows and e2e rows, every
+    sample included."""
     device = resolve_device(config.device)
     settings = config.resolved(device)
     settings["gpu_tokens"] = list(settings["tokens"]) if device.startswith("cuda") else list(DEFAULTS["cuda"]["tokens"])
@@ -115,8 +136,11 @@ def run_bench(config: BenchConfig = BenchConfig()) -> dict:
               "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()},
               "sparse": {"available": available, "format": config.sparse_format, "reason": reason},
               "linear": [], "e2e": []}
-    if config.linear:
+    if config.linear or config.crossover:
         shapes = bench_shapes(settings)
+    if config.crossover:
+        record["crossover"] = _crossover(shapes, settings, config, device)
+    if config.linear:
         for dtype_name in settings["dtypes"]:
             dtype = DTYPES[dtype_name]
             for shape in shapes:

@@ -19,17 +19,21 @@ def synchronize(device: str | torch.device) -> None:
 
 
 @torch.inference_mode()
-def time_fn(fn, warmup: int, reps: int, device: str | torch.device = "cpu") -> list[float]:
+def time_fn(fn, warmup: int, reps: int, device: str | torch.device = "cpu", flush_l2: bool = False) -> list[float]:
     """Milliseconds of each of `reps` calls of fn() after `warmup` untimed calls. CUDA: one pair of CUDA
-    events per call on the current stream; CPU: time.perf_counter around each call."""
+    events per call on the current stream (flush_l2: a 256 MiB buffer is zeroed before each call, outside the
+    events, so a weight smaller than the L2 is read from memory every time); CPU: time.perf_counter."""
     if reps < 1 or warmup < 0:
         raise ValueError(f"time_fn: reps must be >= 1 and warmup >= 0, got {reps}, {warmup}")
     for _ in range(warmup):
         fn()
     if torch.device(device).type == "cuda":
+        flush = torch.empty(64 << 20, dtype=torch.int32, device=device) if flush_l2 else None
         synchronize(device)
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
         for start, end in events:
+            if flush is not None:
+                flush.zero_()
             start.record()
             fn()
             end.record()

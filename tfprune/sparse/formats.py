@@ -24,8 +24,8 @@ import torch
 from .._ext import extension
 from ..errors import TfpruneError
 
-__all__ = ["FORMATS", "PackedWeight", "SparseFormatError", "pack", "unpack", "to_cutlass", "first_violation",
-           "format_tile", "pack_ref", "unpack_ref", "bitmask_to_cutlass_meta_ref"]
+__all__ = ["FORMATS", "PackedWeight", "SparseFormatError", "pack", "unpack", "unpack_by_rows", "to_cutlass",
+           "first_violation", "format_tile", "pack_ref", "unpack_ref", "bitmask_to_cutlass_meta_ref"]
 
 FORMATS = ("cutlass", "bitmask")
 
@@ -173,13 +173,40 @@ def pack(weight: torch.Tensor, format: str = "cutlass") -> PackedWeight:
 
 
 def unpack(packed: PackedWeight) -> torch.Tensor:
-    """The dense weight [out, in] of a PackedWeight (+0.0 where nothing is stored)."""
+    """The dense weight [out, in] of a PackedWeight (+0.0 where nothing is stored). On a GPU without the
+    CUDA extension, by blocks of rows (`unpack_by_rows`), so the temporaries stay small."""
     if _use_extension(packed.values):
         dense, ok = extension.sparse24_unpack(packed.values, packed.meta, packed.format)
         if not bool(ok):
             raise _bad_bitmask_error(packed.meta)
         return dense
+    if packed.device.type == "cuda":
+        return unpack_by_rows(packed)
     return unpack_ref(packed)
+
+
+def unpack_by_rows(packed: PackedWeight, block_rows: int = 2048) -> torch.Tensor:
+    """unpack_ref, block_rows rows at a time into one dense [out, in] tensor: the int64 temporaries of torch's
+    conversions (several times the dense size for 28672x8192) exist for one block only. 16-bit 'cutlass'
+    goes through the decode layout's codes (torch's meta before its reordering); 'bitmask' rows are
+    independent; the float32 (1:2) and int8 'cutlass' layouts are unpacked whole."""
+    from .. import decode24
+
+    rows, cols = packed.shape
+    if packed.format == "cutlass" and packed.dtype not in (torch.float16, torch.bfloat16):
+        return unpack_ref(packed)
+    dense = torch.empty(rows, cols, dtype=packed.dtype, device=packed.device)
+    codes = decode24.codes_from_cutlass_meta(packed.meta, packed.shape) if packed.format == "cutlass" else None
+    for begin in range(0, rows, block_rows):
+        end = min(rows, begin + block_rows)
+        if codes is None:
+            block = PackedWeight("bitmask", (end - begin, cols), packed.dtype, packed.values[begin:end],
+                                 packed.meta[begin:end])
+            dense[begin:end] = unpack_ref(block)
+        else:
+            dense[begin:end] = decode24.unpack_ref(decode24.Decode24Weight(
+                packed.values[begin:end], codes[begin:end], (end - begin, cols)))
+    return dense
 
 
 def to_cutlass(packed: PackedWeight) -> PackedWeight:

@@ -1,9 +1,14 @@
 """SparseLinear (a linear layer holding its 2:4 weight packed) and sparsify(model).
 
-On CUDA, SparseLinear wraps its packed tensors in torch's SparseSemiStructuredTensorCUTLASS (a 'bitmask'
-weight gets CUTLASS meta from its bitmask on the device; the values tensor is shared) and runs torch's
-sparse GEMM: no dense copy of the weight on the GPU. Elsewhere (CPU; or a dtype/shape the kernel does not
-take) it computes F.linear with the unpacked weight, which is correct but not faster, and says so once.
+Paths of a forward, chosen per call by the input's token count and once per device/dtype by the GPU:
+
+- ``decode``: at most `tfprune.decode24.max_rows(device)` tokens (a measured crossover, per device): tfprune's
+  decode kernels read the packed weight in place (CPU: the C++ kernels; CUDA: the Triton kernel).
+- ``cutlass`` / ``cusparselt`` (CUDA): torch's 2:4 GEMMs, chosen by compute capability (tfprune.sparse.backends:
+  CUTLASS on 8.x from the packed tensors as they are, cuSPARSELt on 9.x and later, built once per layer on the
+  device).
+- ``dense``: F.linear with the unpacked weight where nothing above runs (the CPU above the crossover; a GPU
+  without a 2:4 GEMM for this dtype/shape): correct, not faster, and said once per reason.
 """
 from __future__ import annotations
 
@@ -15,14 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .formats import FORMATS, PackedWeight, SparseFormatError, first_violation, format_tile, pack, to_cutlass, unpack
+from . import backends
+from .formats import FORMATS, PackedWeight, SparseFormatError, first_violation, format_tile, pack, unpack
 
-__all__ = ["SparseLinear", "SparsifyReport", "sparsify", "kernel_support", "skip_reason"]
+__all__ = ["SparseLinear", "SparsifyReport", "sparsify", "kernel_support", "skip_reason", "PATHS"]
 
 log = logging.getLogger("tfprune")
 
-# torch's CUTLASS sparse GEMM: dtype -> (out_features multiple, in_features multiple) (sparse_min_rows/cols)
-_KERNEL_TILES = {torch.float16: (32, 64), torch.bfloat16: (32, 64)}
+PATHS = ("decode",) + backends.GEMM_BACKENDS + ("dense",)
+_BACKEND_CHOICES = ("auto",) + backends.GEMM_BACKENDS + ("dense",)
 _warned: set[str] = set()
 
 
@@ -33,30 +39,26 @@ def _warn_once(message: str) -> None:
 
 
 def kernel_support(shape: tuple[int, int], dtype: torch.dtype, device: torch.device | str) -> str | None:
-    """None when torch's CUTLASS 2:4 kernel runs a weight of this shape, dtype and device, else why not."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return f"no 2:4 sparse kernel on {device.type}"
-    if dtype not in _KERNEL_TILES:
-        return f"torch's CUTLASS 2:4 kernel takes float16/bfloat16, not {str(dtype).replace('torch.', '')}"
-    rows_tile, cols_tile = _KERNEL_TILES[dtype]
-    if shape[0] % rows_tile or shape[1] % cols_tile:
-        return (f"shape {tuple(shape)} unsupported by torch's CUTLASS 2:4 kernel (out_features a multiple of "
-                f"{rows_tile}, in_features of {cols_tile})")
-    major, _minor = torch.cuda.get_device_capability(device)
-    if major < 8:
-        return f"2:4 sparse tensor cores need compute capability 8.0+, {device} has {major}.x"
-    return None
+    """None when one of torch's 2:4 GEMMs runs a weight of this shape and dtype on `device`
+    (tfprune.sparse.backends.choose), else why none does."""
+    return backends.choose(shape, dtype, device)[1]
 
 
 class SparseLinear(nn.Module):
     """y = x Wᵀ + b with W [out_features, in_features] held packed (a PackedWeight's values and meta
-    buffers). Build it with `SparseLinear.from_linear(linear, format=...)` or from a PackedWeight."""
+    buffers). Build it with `SparseLinear.from_linear(linear, format=...)` or from a PackedWeight.
 
-    def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None):
+    backend: the path above the decode crossover: 'auto' (by device, tfprune.sparse.backends), 'cutlass',
+    'cusparselt' (forced; an error where it cannot run) or 'dense' (the unpacked weight). `path(x)` says
+    which path a forward of x takes; `prepare()` builds what the paths need now (before a CUDA graph capture)."""
+
+    def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None, backend: str = "auto"):
         super().__init__()
+        if backend not in _BACKEND_CHOICES:
+            raise ValueError(f"SparseLinear: backend must be one of {', '.join(_BACKEND_CHOICES)}, got {backend!r}")
         self.out_features, self.in_features = packed.shape
         self.format = packed.format
+        self.backend = backend
         self.register_buffer("values", packed.values)
         self.register_buffer("meta", packed.meta)
         self._packed_dtype = packed.dtype  # the dtype whose layout `meta` describes
@@ -64,16 +66,21 @@ class SparseLinear(nn.Module):
             self.bias = nn.Parameter(bias.detach(), requires_grad=False)
         else:
             self.register_parameter("bias", None)
-        self._kernel_weight = None  # SparseSemiStructuredTensorCUTLASS, built on the first CUDA forward
+        self._reset()
+
+    def _reset(self) -> None:
+        self._gemm_choice = None  # ((device, dtype, backend), gemm backend or None, reason), once per device/dtype
+        self._gemm_weight = None  # (backend, its weight operand), built on first use
         self._decoded = None  # the decode layout (tfprune.decode24) for few-token inputs, built on first use
+        self._decode_ok = {}  # (device, x dtype, weight dtype, x features) -> whether the decode kernel takes x
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, format: str = "cutlass") -> SparseLinear:
+    def from_linear(cls, linear: nn.Module, format: str = "cutlass", backend: str = "auto") -> SparseLinear:
         """Pack the 2:4 weight of an nn.Linear (or transformers' Conv1D) in `format` ('cutlass' | 'bitmask').
         Raises SparseFormatError when it is not 2:4 or its shape/dtype does not fit the format."""
         from ..engine.discovery import weight_matrix
 
-        return cls(pack(weight_matrix(linear), format), getattr(linear, "bias", None))
+        return cls(pack(weight_matrix(linear), format), getattr(linear, "bias", None), backend)
 
     def _layout_holds(self) -> bool:
         """False after a cast (model.float(), .half()...) to a dtype with another CUTLASS layout (float32 is
@@ -101,64 +108,122 @@ class SparseLinear(nn.Module):
         return unpack(self.packed).to(self.values.dtype)
 
     def _apply(self, fn, recurse=True):
-        self._kernel_weight = None
-        self._decoded = None
+        self._reset()
         return super()._apply(fn, recurse)
 
-    def _kernel(self, x: torch.Tensor):
-        """The CUTLASS sparse tensor for x, or None (the reason warned once)."""
-        reason = kernel_support((self.out_features, self.in_features), self.values.dtype, self.values.device)
-        if reason is None and not self._layout_holds():
-            reason = (f"the weight was packed as {self._packed_dtype} and cast to {self.values.dtype}; build the "
-                      "SparseLinear from the cast weight to run the kernel")
-        if reason is None and x.dtype != self.values.dtype:
-            reason = f"input dtype {x.dtype} differs from the weight's {self.values.dtype}"
-        if reason is not None:
-            _warn_once(f"SparseLinear: {reason}; computing with the unpacked weight (correct, not faster)")
-            return None
-        if self._kernel_weight is None:
-            from torch.sparse import SparseSemiStructuredTensorCUTLASS
+    # ---- the GEMM path (above the decode crossover)
 
-            packed = to_cutlass(self.packed)
-            self._kernel_weight = SparseSemiStructuredTensorCUTLASS(
-                torch.Size(packed.shape), packed.values, packed.meta, None, None, None)
-        return self._kernel_weight
+    def gemm_backend(self) -> tuple[str, str | None]:
+        """(path, why) for inputs above the decode crossover on the module's device and dtype: ('cutlass' |
+        'cusparselt', None), or ('dense', why no 2:4 GEMM runs). Raises ValueError when a forced backend
+        cannot run here."""
+        key = (self.values.device, self.values.dtype, self.backend)
+        if self._gemm_choice is None or self._gemm_choice[0] != key:
+            shape = (self.out_features, self.in_features)
+            if self.backend == "dense":
+                choice, reason = None, "backend='dense'"
+            elif self.backend == "auto":
+                choice, reason = backends.choose(shape, self.values.dtype, self.values.device)
+            else:
+                reason = backends.support(self.backend, shape, self.values.dtype, self.values.device)
+                if reason is not None:
+                    raise ValueError(f"SparseLinear: backend={self.backend!r} cannot run here: {reason}")
+                choice = self.backend
+            if choice == "cutlass" and not self._layout_holds():
+                choice, reason = None, (f"the weight was packed as {self._packed_dtype} and cast to "
+                                        f"{self.values.dtype}; build the SparseLinear from the cast weight to run the "
+                                        "CUTLASS kernel")
+            self._gemm_choice = (key, choice, reason)
+        return (self._gemm_choice[1] or "dense"), self._gemm_choice[2]
 
-    def _decode_kernel(self, x: torch.Tensor):
-        """The weight in tfprune.decode24's layout when x has few enough rows for the decode kernel to beat
-        the dense/CUTLASS path on its device (decode24.max_rows: a measured default, overridable), else None.
-        A 'bitmask' weight is read in place; a 'cutlass' one gets its codes once (1/16 of the dense bytes)."""
+    def _gemm_operand(self, backend: str) -> torch.Tensor:
+        if self._gemm_weight is None or self._gemm_weight[0] != backend:
+            self._gemm_weight = None  # the previous backend's operand is freed before the next one is built
+            self._gemm_weight = (backend, backends.build(backend, self.packed, self.values.dtype))
+        return self._gemm_weight[1]
+
+    # ---- the decode path (few tokens)
+
+    def _decode_weight(self):
+        """The weight in tfprune.decode24's layout: a 'bitmask' weight is read in place; a 16-bit 'cutlass'
+        one shares its values and gets the codes from its meta (1/16 of the dense bytes, no dense copy)."""
+        from .. import decode24
+
+        if self._decoded is None:
+            shape = (self.out_features, self.in_features)
+            if self.format == "bitmask":
+                self._decoded = decode24.Decode24Weight(self.values, self.meta, shape, bitmask=True)
+            elif self.values.dtype in (torch.float16, torch.bfloat16) and self._layout_holds():
+                self._decoded = decode24.Decode24Weight(self.values, decode24.codes_from_cutlass_meta(self.meta, shape),
+                                                        shape)
+            else:  # float32 (1:2 in the CUTLASS layout): the decode layout's own values
+                self._decoded = decode24.pack(self.dense_weight())
+        return self._decoded
+
+    def path(self, x: torch.Tensor) -> str:
+        """The path a forward of x [..., in_features] takes: one of PATHS (a few dictionary lookups: it runs
+        on every forward)."""
         from .. import decode24
 
         rows = x.numel() // max(1, self.in_features)
-        gemm = kernel_support((self.out_features, self.in_features), self.values.dtype, self.values.device) is None
-        if not 1 <= rows <= decode24.max_rows(x.device, dense_available=gemm) or x.device != self.values.device or \
-                self.values.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            return None
-        if self._decoded is None:
-            if self.format == "bitmask":
-                self._decoded = decode24.Decode24Weight(self.values, self.meta, (self.out_features, self.in_features),
-                                                        bitmask=True)
-            else:  # 16-bit CUTLASS values are the decode layout's values: share them, add the codes
-                decoded = decode24.pack(self.dense_weight())
-                self._decoded = decoded if self.values.dtype == torch.float32 else decode24.Decode24Weight(
-                    self.values, decoded.codes, decoded.shape)
-        return self._decoded if decode24.unsupported_reason(x, self._decoded) is None else None
+        gemm, _reason = self.gemm_backend()
+        if 1 <= rows <= decode24.max_rows(x.device, dense_available=gemm != "dense") and self._decodes(x):
+            return "decode"
+        if gemm != "dense" and x.dtype != self.values.dtype:
+            return "dense"
+        return gemm
+
+    def _decodes(self, x: torch.Tensor) -> bool:
+        """Whether the decode kernel takes x (at most MAX_ROWS rows: checked by the caller), remembered per
+        (device, x dtype, weight dtype, x features): the weight is fixed, so only those decide."""
+        from .. import decode24
+
+        key = (x.device, x.dtype, self.values.dtype, x.shape[-1])
+        if key not in self._decode_ok:
+            self._decode_ok[key] = (x.device == self.values.device and self.values.dtype in decode24.DTYPES and
+                                    decode24.unsupported_reason(x[..., :1, :] if x.dim() > 1 else x,
+                                                                self._decode_weight()) is None)
+        return self._decode_ok[key]
+
+    def prepare(self) -> SparseLinear:
+        """Build the decode weight and the GEMM operand of the module's device and dtype now (they are
+        otherwise built on the first forward that needs them), e.g. before capturing a CUDA graph."""
+        from .. import decode24
+
+        if self.values.dtype in decode24.DTYPES and decode24.max_rows(self.values.device):
+            self._decode_weight()
+        gemm, _reason = self.gemm_backend()
+        if gemm != "dense":
+            self._gemm_operand(gemm)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        decoded = self._decode_kernel(x)
-        if decoded is not None:
+        return self.forward_on(x, self.path(x))
+
+    def forward_on(self, x: torch.Tensor, path: str) -> torch.Tensor:
+        """The forward of x [..., in_features] on a given path (benchmarks time each path with it): 'decode'
+        (raises tfprune.decode24.DecodeUnsupported where the kernel does not take x), the GEMM backend
+        `gemm_backend()` names (ValueError for another), or 'dense'."""
+        if path == "decode":
             from .. import decode24
 
-            return decode24.linear(x, decoded, self.bias)
-        weight = self._kernel(x)
-        if weight is None:
+            return decode24.linear(x, self._decode_weight(), self.bias)
+        if path == "dense":
+            gemm, reason = self.gemm_backend()
+            if gemm != "dense":
+                reason = (f"input dtype {x.dtype} differs from the weight's {self.values.dtype}"
+                          if x.dtype != self.values.dtype else "the dense path was asked for")
+            _warn_once(f"SparseLinear: {reason}; computing with the unpacked weight (correct, not faster)")
             return F.linear(x, self.dense_weight(), self.bias)
-        return F.linear(x.contiguous(), weight, self.bias)
+        gemm, reason = self.gemm_backend()
+        if path != gemm:
+            raise ValueError(f"SparseLinear: path {path!r} is not this module's GEMM path here ({gemm}: {reason})")
+        return F.linear(x.contiguous(), self._gemm_operand(path), self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"format={self.format}, dtype={str(self.values.dtype).replace('torch.', '')}")
+                f"format={self.format}, dtype={str(self.values.dtype).replace('torch.', '')}"
+                + (f", backend={self.backend}" if self.backend != "auto" else ""))
 
 
 @dataclass
