@@ -71,7 +71,8 @@ if __name__ == "__main__":  # setuptools runs this file as __main__ (build_meta 
     setup(
         packages=find_packages(include=["tfprune", "tfprune.*"]) + ["tfprune.kernels"],
         package_dir={"tfprune.kernels": "kernels"},
-        package_data={"tfprune.calib": ["data/parallel/*.txt", "data/README.md"]},
+        package_data={"tfprune.calib": ["data/parallel/*.txt"],
+                      "tfprune.evaluation": ["data/README.md", "data/heldout/*.txt", "data/tasks/*/*.jsonl"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import TfpruneError
 from .runner import EvalConfig, build_report, evaluate_model, format_report, load_task_data
+from .shipped import HELDOUT, SHIPPED_TASKS, task_data_dir
 
 __all__ = ["add_parser", "run", "format_harness", "load_for_inference", "check_report_path", "write_report"]
 
@@ -23,13 +24,14 @@ def add_parser(sub) -> None:
     e.add_argument("--n", type=int, default=1000, help="examples per language, drawn with --seed (0 = all)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--data", default=None,
-                   help="folder with {task}/{lang}.jsonl files (default: the hub through `datasets`)")
+                   help="folder with {task}/{lang}.jsonl files, or 'builtin' for the small task sets shipped with "
+                        "tfprune (default: the hub through `datasets`)")
     e.add_argument("--split", default="test", help="hub split (default test)")
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples")
     e.add_argument("--ppl", default=None,
-                   help="perplexity corpus: builtin | PATH (parallel corpus) | none "
-                        "(default builtin; none with --harness)")
+                   help="perplexity corpus: heldout (shipped, in no calibration set) | builtin (the calibration "
+                        "corpus) | PATH (parallel corpus) | none (default heldout; none with --harness)")
     e.add_argument("--ppl-n", type=int, default=None, help="sentences per language for perplexity (default all)")
     e.add_argument("--harness", default=None,
                    help="comma-separated lm-eval tasks (xnli,xcopa,xstorycloze,pawsx,xwinograd) run through "
@@ -105,11 +107,12 @@ def format_harness(harness: dict) -> str:
 def run(args) -> int:
     from .harness import require_lm_eval, run_harness
 
-    ppl = args.ppl if args.ppl is not None else (None if args.harness else "builtin")
+    ppl = args.ppl if args.ppl is not None else (None if args.harness else HELDOUT)
     ppl = None if ppl in (None, "none") else ppl
     tasks = () if args.harness else tuple(task for task in args.tasks.split(",") if task)
+    data_dir = str(task_data_dir()) if args.data == SHIPPED_TASKS else args.data
     config = EvalConfig(tasks=tasks, langs=tuple(args.langs.split(",")) if args.langs else None,
-                        n=args.n or None, seed=args.seed, data=args.data, split=args.split,
+                        n=args.n or None, seed=args.seed, data=data_dir, split=args.split,
                         batch_size=args.batch_size, resamples=args.bootstrap, ppl=ppl, ppl_n=args.ppl_n)
     harness_tasks = [task for task in (args.harness or "").split(",") if task]
     if args.out:

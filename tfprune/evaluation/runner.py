@@ -22,7 +22,8 @@ log = logging.getLogger("tfprune")
 class EvalConfig:
     """tasks: names in TASKS; langs: None = every language of the task (or every local file);
     n: examples per language (None = all), drawn with `seed`; data: a folder DIR/{task}/{lang}.jsonl or None
-    (hub); resamples: paired bootstrap resamples; ppl: 'builtin' | a parallel-corpus path | None;
+    (hub); resamples: paired bootstrap resamples; ppl: 'heldout' (the shipped held-out set) | 'builtin' (the
+    calibration corpus) | a parallel-corpus path | None;
     ppl_n: sentences per language for perplexity (None = all)."""
 
     tasks: tuple[str, ...] = ("xnli", "marc2")
@@ -33,7 +34,7 @@ class EvalConfig:
     split: str = "test"
     batch_size: int = 8
     resamples: int = 1000
-    ppl: str | None = "builtin"
+    ppl: str | None = "heldout"
     ppl_n: int | None = None
 
     def __post_init__(self):
@@ -85,8 +86,9 @@ def evaluate_task(model: nn.Module, tokenizer, task: Task, examples: list[dict],
 
 def _ppl_texts(config: EvalConfig) -> dict[str, list[str]]:
     from ..calib import builtin_corpus, load_corpus
+    from .shipped import HELDOUT, heldout_corpus
 
-    corpus = builtin_corpus() if config.ppl == "builtin" else load_corpus(config.ppl)
+    corpus = {"builtin": builtin_corpus, HELDOUT: heldout_corpus}.get(config.ppl, lambda: load_corpus(config.ppl))()
     langs = [lang for lang in corpus.languages if config.langs is None or lang in config.langs]
     if not langs:
         raise TfpruneError(f"the perplexity corpus has none of the languages {list(config.langs)}")
