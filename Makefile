@@ -46,9 +46,8 @@ real-model: $(STAMP)
 	bash $(REAL_MODEL_BUILD) $(REAL_MODEL) $(PY)
 
 demo: $(STAMP)
-	$(VENV)/bin/tfprune prune builtin:llama --out demo-out --overwrite --sparsity 0.5 --pattern 2:4 \
-		--nsamples 32 --seqlen 256
-	$(VENV)/bin/tfprune inspect demo-out
+	-@$(MAKE) --no-print-directory real-model
+	bash scripts/demo.sh $(VENV) $(REAL_MODEL)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
@@ -63,4 +62,4 @@ gpu-check:
 	OUT=$(GPU_CHECK_OUT) PYTHON=$(PYTHON) bash scripts/gpu_check.sh
 
 clean:
-	rm -rf build *.egg-info tfprune/_C*.so demo-out
+	rm -rf build *.egg-info tfprune/_C*.so demo-out demo-out-eval.json demo-bench

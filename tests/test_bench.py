@@ -126,8 +126,10 @@ def test_cli_bench(tmp_path, capsys):
     assert main(["bench", "--dtypes", "int3", "--out", str(out)]) == 2
     assert main(["bench", "--tokens", "1,x", "--out", str(out)]) == 2
     if not torch.cuda.is_available():
-        assert main(["bench", "--device", "cuda", "--out", str(out)]) == 2
+        assert main(["bench", "--device", "cuda", "--out", str(tmp_path / "other")]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+    assert main(["bench", "--device", "cpu", "--shapes", "32x64", "--tokens", "2", "--no-e2e", "--out", str(out)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err  # bench outputs follow tfprune.outdir's rules
 
 
 def test_shared_with_benchmark_suite():

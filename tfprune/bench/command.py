@@ -1,6 +1,8 @@
 """The `tfprune bench` subcommand (and `python benchmarks/bench_inference.py`)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..errors import TfpruneError
@@ -39,6 +41,8 @@ def add_parser(sub) -> None:
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder: only an empty one or a previous tfprune output")
 
 
 def _ints(text: str | None, flag: str):
@@ -65,11 +69,17 @@ def config_from_args(args) -> BenchConfig:
 
 
 def run(args) -> int:
+    from ..outdir import atomic_output_dir, preflight_output, write_marker
+
     config = config_from_args(args)
+    inputs = [Path(spec) for spec in (args.model, args.e2e_model) if spec and Path(spec).exists()]
+    preflight_output(args.out, args.overwrite, inputs)
     if args.threads:
         torch.set_num_threads(args.threads)
     record = run_bench(config)
     print(format_table(record))
-    json_path, png_path = write_outputs(record, args.out)
-    print(f"wrote {json_path}, {png_path}")
+    with atomic_output_dir(args.out, args.overwrite, inputs) as tmp:
+        json_path, png_path = write_outputs(record, tmp)
+        write_marker(tmp, "bench", {"settings": record.get("settings")})
+    print(f"wrote {Path(args.out) / json_path.name}, {Path(args.out) / png_path.name}")
     return 0
