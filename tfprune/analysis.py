@@ -40,18 +40,24 @@ FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 @torch.no_grad()
 def _norm_sites(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> list[tuple[str, nn.Module]]:
     """Per block, the normalization layers whose output some linear reads (input norms of attention and MLP;
-    not Gemma's post-norms), found by tensor identity in one forward pass."""
+    not Gemma's post-norms), found by tensor identity in one forward pass. Every norm output is kept alive
+    until the pass ends: a freed one's id could be reused by a later tensor that a linear reads."""
     blocks = decoder_layers(model)
-    outputs: dict[int, tuple[int, str]] = {}  # id(norm output) -> (block, norm name)
+    outputs: dict[int, tuple[tuple[int, str], torch.Tensor]] = {}  # id(norm output) -> ((block, name), output)
     read: set[tuple[int, str]] = set()
+
+    def reads(x: torch.Tensor) -> None:
+        entry = outputs.get(id(x))
+        if entry is not None and entry[1] is x:
+            read.add(entry[0])
+
     handles = []
     for index, block in enumerate(blocks):
         for name, norm in block_norms(block, model.config.hidden_size).items():
             handles.append(norm.register_forward_hook(
-                lambda _m, _a, output, key=(index, name): outputs.__setitem__(id(output), key)))
+                lambda _m, _a, output, key=(index, name): outputs.__setitem__(id(output), (key, output))))
         for linear in find_linears(block).values():
-            handles.append(linear.register_forward_pre_hook(
-                lambda _m, args: read.add(outputs[id(args[0])]) if id(args[0]) in outputs else None))
+            handles.append(linear.register_forward_pre_hook(lambda _m, args: reads(args[0])))
     try:
         model(input_ids=input_ids, attention_mask=mask, use_cache=False)
     finally:
@@ -65,20 +71,22 @@ def _norm_sites(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -
             if (index, name) in read]
 
 
-def _site_modules(model: nn.Module, site: str, first_batch) -> list[tuple[str, nn.Module]]:
+def _site_modules(model: nn.Module, site: str, calib) -> list[tuple[str, nn.Module]]:
+    """[(site name, module whose output is measured)] of `site`; 'norm' sites are found on calib's first prompt."""
     if site == "norm":
-        return _norm_sites(model, *first_batch)
+        device = next(model.parameters()).device
+        ids, mask = next(calib.batches(1))
+        return _norm_sites(model, ids.to(device), mask.to(device))
     if site == "residual":
         return [(str(i), block) for i, block in enumerate(decoder_layers(model))]
     raise TfpruneError(f"unknown site {site!r}: choose one of {', '.join(SITES)}")
 
 
 @torch.no_grad()
-def _magnitude_sums(model: nn.Module, calib, site: str, batch_size: int) -> tuple[list[str], torch.Tensor, int]:
-    """(site names, Σ over prompts of per-prompt ‖x_j‖₂ [S, H] fp64, number of prompts)."""
+def _magnitude_sums(model: nn.Module, modules: list[tuple[str, nn.Module]], calib,
+                    batch_size: int) -> tuple[torch.Tensor, int]:
+    """(Σ over prompts of per-prompt ‖x_j‖₂ at each site's module output [S, H] fp64, number of prompts)."""
     device = next(model.parameters()).device
-    ids, mask = next(calib.batches(1))
-    modules = _site_modules(model, site, (ids.to(device), mask.to(device)))
     sums: list[torch.Tensor | None] = [None] * len(modules)
     current = {}
 
@@ -104,14 +112,15 @@ def _magnitude_sums(model: nn.Module, calib, site: str, batch_size: int) -> tupl
             handle.remove()
     if any(s is None for s in sums):
         raise TfpruneError("a site received no activations: the model skipped some of its blocks")
-    return [name for name, _ in modules], torch.stack(sums), prompts
+    return torch.stack(sums), prompts
 
 
 def channel_magnitudes(model: nn.Module, calib, site: str = "norm", batch_size: int = 8):
     """(site names, magnitudes [S, H] fp64): per site, the L2 norm of each channel over the real tokens of a
     prompt, averaged over the prompts of `calib` (a CalibrationSet; padding never counts)."""
-    names, sums, prompts = _magnitude_sums(model, calib, site, batch_size)
-    return names, sums / prompts
+    modules = _site_modules(model, site, calib)
+    sums, prompts = _magnitude_sums(model, modules, calib, batch_size)
+    return [name for name, _ in modules], sums / prompts
 
 
 def _top_sets(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
@@ -169,10 +178,11 @@ def analyze(model: nn.Module, tokenizer, corpus: ParallelCorpus | None = None, l
     corpus = corpus.select(sorted(set(langs) | {"en"}))
     model.eval()
     settings = _settings(tokenizer, corpus, langs, nsamples, shots, seed)
-    names, sums, counts = None, {}, {}
-    for setting, prompts in settings.items():
-        calib = tokenize_prompts(tokenizer, prompts, seqlen)
-        names, sums[setting], counts[setting] = _magnitude_sums(model, calib, site, batch_size)
+    calibs = {setting: tokenize_prompts(tokenizer, prompts, seqlen) for setting, prompts in settings.items()}
+    modules = _site_modules(model, site, next(iter(calibs.values())))  # the same sites for every setting
+    names, sums, counts = [name for name, _ in modules], {}, {}
+    for setting, calib in calibs.items():
+        sums[setting], counts[setting] = _magnitude_sums(model, modules, calib, batch_size)
         log.info("analyze: %s, %d prompts", setting, counts[setting])
     pools = {"translation": [s for s in settings if s.endswith("-en")],
              "monolingual": [s for s in settings if not s.endswith("-en")]}
