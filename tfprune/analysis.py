@@ -82,6 +82,15 @@ def _site_modules(model: nn.Module, site: str, calib) -> list[tuple[str, nn.Modu
     raise TfpruneError(f"unknown site {site!r}: choose one of {', '.join(SITES)}")
 
 
+class _LastBlockDone(Exception):
+    """Raised after the last decoder block: every site has been measured, the final norm and LM head
+    (a 262k-vocabulary head is most of Gemma 3 270M's forward pass) need not run."""
+
+
+def _stop(_module, _args, _output):
+    raise _LastBlockDone
+
+
 @torch.no_grad()
 def _magnitude_sums(model: nn.Module, modules: list[tuple[str, nn.Module]], calib,
                     batch_size: int) -> tuple[torch.Tensor, int]:
@@ -101,11 +110,15 @@ def _magnitude_sums(model: nn.Module, modules: list[tuple[str, nn.Module]], cali
         return lambda _module, _args, output: add(index, output[0] if isinstance(output, (tuple, list)) else output)
 
     handles = [module.register_forward_hook(hook(i)) for i, (_name, module) in enumerate(modules)]
+    handles.append(decoder_layers(model)[-1].register_forward_hook(_stop))  # after the sites' hooks
     prompts = 0
     try:
         for input_ids, mask in calib.batches(batch_size):
             current["mask"] = mask.to(device, torch.float32)
-            model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            try:
+                model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            except _LastBlockDone:
+                pass
             prompts += input_ids.shape[0]
     finally:
         for handle in handles:
