@@ -53,6 +53,18 @@ def test_contrastive_score_hand_computed():
     torch.testing.assert_close(score, torch.tensor([[2.0, 4.0, 1.0]]))
 
 
+def test_ria_score_hand_computed():
+    """Relative importance: the weight's share of its row plus its share of its column, times sqrt ‖X_j‖."""
+    weight = torch.tensor([[1.0, -2.0], [3.0, 4.0]])  # row sums 3, 7; column sums 4, 6
+    norm = torch.tensor([4.0, 9.0], dtype=torch.float64)  # square roots 2, 3
+    expected = torch.tensor([[(1 / 3 + 1 / 4) * 2, (2 / 3 + 2 / 6) * 3], [(3 / 7 + 3 / 4) * 2, (4 / 7 + 4 / 6) * 3]])
+    torch.testing.assert_close(ops.scores(weight, "ria", norm=norm), expected)
+    keep = ops.prune_weight_(weight.clone(), "ria", sparsity=0.5, norm=norm, apply=False)
+    assert keep.tolist() == [[False, True], [False, True]]
+    zero = torch.zeros(3, 4)  # all-zero rows and columns: no division by zero
+    assert torch.isfinite(ops.scores(zero, "ria", norm=torch.ones(4, dtype=torch.float64))).all()
+
+
 def test_magnitude_and_random_scores():
     weight = torch.randn(5, 8)
     torch.testing.assert_close(ops.scores(weight, "magnitude"), weight.abs())

@@ -7,6 +7,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .config import DIRECTIONS, METHODS
 from .errors import TfpruneError
 
 __all__ = ["main", "build_parser"]
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output directory: only an empty one or a previous tfprune output")
     p.add_argument("--tokenizer", default=None, help="the tokenizer's directory or hub id (default: the model's)")
-    p.add_argument("--method", default="wanda", choices=["wanda", "magnitude", "contrastive", "random", "sparsegpt"])
+    p.add_argument("--method", default="wanda", choices=list(METHODS))
     p.add_argument("--update", default=None, choices=["obs", "none"],
                    help="obs: SparseGPT's OBS weight update after masking (default: obs for sparsegpt, else none)")
     p.add_argument("--dampening", type=float, default=0.01, help="OBS: fraction of mean(diag H) added to diag H")
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="builtin | flores | PATH (.tsv/.jsonl/folder of {lang}.txt parallel corpus, or .txt of texts)")
     p.add_argument("--contrast", default=None, help="contrast stream for --method contrastive (same formats as --calib)")
     p.add_argument("--langs", default=None, help="comma-separated languages paired with English (default: all)")
-    p.add_argument("--direction", default="x2en", choices=["x2en", "en2x", "mono"])
+    p.add_argument("--direction", default="x2en", choices=list(DIRECTIONS),
+                   help="x2en (the paper's), en2x, all (every ordered pair of languages), mono")
     p.add_argument("--shots", type=int, default=4)
     p.add_argument("--nsamples", type=int, default=128)
     p.add_argument("--seqlen", type=int, default=2048)

@@ -9,9 +9,9 @@ from .errors import ConfigError
 
 __all__ = ["PruneConfig", "ProtectRule", "METHODS", "UPDATES", "DIRECTIONS", "PAPER_LANGS", "parse_pattern"]
 
-METHODS = ("wanda", "magnitude", "contrastive", "random", "sparsegpt")
+METHODS = ("wanda", "magnitude", "contrastive", "random", "sparsegpt", "ria")
 UPDATES = ("none", "obs")
-DIRECTIONS = ("x2en", "en2x", "mono")
+DIRECTIONS = ("x2en", "en2x", "all", "mono")
 # Languages of the paper's calibration (authors' code, FLORES-200 dev), English is the pivot.
 PAPER_LANGS = ("ar", "bg", "de", "el", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
 
@@ -69,12 +69,14 @@ class PruneConfig:
 
     method:     score of a weight: 'wanda' |W_ij|·‖X_j‖₂ (the paper's method with translation calibration),
                 'magnitude' |W_ij|, 'contrastive' |W_ij|·‖X^mt_j‖²/‖X^contrast_j‖, 'random' (seeded),
-                'sparsegpt' (SparseGPT's OBS selection, w²/[(H+λI)⁻¹]_jj, with its weight update).
+                'sparsegpt' (SparseGPT's OBS selection, w²/[(H+λI)⁻¹]_jj, with its weight update),
+                'ria' (relative importance (|W_ij|/Σ_row + |W_ij|/Σ_col)·‖X_j‖₂^0.5, Zhang et al. 2024).
     sparsity:   fraction of weights removed per output row, in [0, 1); None = 0.5, or 1 - N/M for N:M.
     pattern:    'unstructured' (per-row) or 'N:M' along the input dimension (every M keep exactly N).
     protect:    None, 'topk:P%' or 'int8:TAU[:FRACTION]' (see ProtectRule): channels never pruned.
     nsamples:   number of calibration prompts; seqlen: their maximal length in tokens.
-    shots:      translation demonstrations per prompt; direction: 'x2en' | 'en2x' | 'mono'.
+    shots:      translation demonstrations per prompt; direction: 'x2en' | 'en2x' | 'all' (every ordered pair of
+                languages) | 'mono'.
     langs:      languages paired with English (None: every language of the corpus).
     owl:        (M, lambda) for OWL layerwise sparsity (unstructured only), None for uniform.
     tau:        threshold of the |x| > τ count statistic (taken from an 'int8' protect rule if given).

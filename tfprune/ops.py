@@ -19,7 +19,7 @@ import torch
 
 from .errors import BackendError
 from .masks import nm_mask_ref, outlier_ratio as outlier_ratio_ref, row_mask_ref
-from .scores import SCORE_METHODS, scores_ref
+from .scores import SCORE_METHODS, TENSOR_SCORES, scores_ref
 
 __all__ = ["channel_stats", "accumulate_channel_stats_", "scores", "nm_mask", "row_mask", "apply_mask_",
            "prune_weight_", "outlier_ratio", "pack_mask", "backend"]
@@ -112,7 +112,7 @@ def accumulate_channel_stats_(x: torch.Tensor, tau: float, token_mask: torch.Ten
 def scores(weight, method, norm=None, contrast_norm=None, protect=None, seed=0) -> torch.Tensor:
     """Importance of every weight of weight: [out, in] -> [out, in] fp32 (see scores.scores_ref).
     'random' scores always come from torch's seeded CPU generator."""
-    if method == "random" or method not in SCORE_METHODS or backend(weight, op="scores") == "torch":
+    if method in TENSOR_SCORES or method not in SCORE_METHODS or backend(weight, op="scores") == "torch":
         return scores_ref(weight, method, norm, contrast_norm, protect, seed)
     from .kernels import scores as kernel
 
@@ -152,7 +152,7 @@ def prune_weight_(weight: torch.Tensor, method: str, *, sparsity: float | None =
 
     Same result as scores() -> nm_mask(n, m) if nm else row_mask(sparsity) -> apply_mask_(); on Triton one
     fused pass over W per row block (N:M) or a per-row bisection select, with no score tensor of W's size
-    (except for 'random', whose scores come from torch's generator). weight may be a strided view.
+    (except for TENSOR_SCORES: 'random' from torch's generator, 'ria' from row and column sums). weight may be a strided view.
     """
     if nm is None and sparsity is None:
         raise ValueError("prune_weight_: give sparsity (unstructured) or nm=(n, m)")
@@ -167,7 +167,7 @@ def prune_weight_(weight: torch.Tensor, method: str, *, sparsity: float | None =
     from .kernels.row_prune import row_prune_
 
     _check_vectors(weight, norm=norm, contrast_norm=contrast_norm, protect=protect)
-    if method == "random":
+    if method in TENSOR_SCORES:
         given = dict(scores=scores_ref(weight, method, norm, contrast_norm, protect, seed))
     else:
         given = dict(factor=kernel.channel_factor(method, norm, contrast_norm, weight.device),

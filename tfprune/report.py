@@ -51,12 +51,15 @@ class PruneReport:
 
     def table(self) -> str:
         """The summary printed at the end of a run."""
-        lines = [f"{'layer':<42} {'shape':>12} {'sparsity':>9} {'protected':>9} {'viol.':>6} {'top channels':<24}"]
+        routed = len({layer.tokens for layer in self.layers}) > 1  # experts see their routed tokens only
+        tokens = f" {'tokens':>8}" if routed else ""
+        lines = [f"{'layer':<42} {'shape':>12} {'sparsity':>9} {'protected':>9} {'viol.':>6}{tokens} {'top channels':<24}"]
         for layer in self.layers:
-            top = ",".join(str(channel) for channel, _ in layer.top_channels[:4])
+            top = ",".join(str(channel) for channel, _ in layer.top_channels[:4]) or layer.note
             shape = f"{layer.shape[0]}x{layer.shape[1]}"
+            count = f" {layer.tokens:>8}" if routed else ""
             lines.append(f"{layer.name:<42} {shape:>12} {layer.sparsity:>9.4f} {len(layer.protected):>9} "
-                         f"{layer.violations:>6} {top:<24}")
+                         f"{layer.violations:>6}{count} {top:<24}")
         gpu = f", peak GPU memory {self.peak_gpu_memory_bytes / 2**20:.0f} MiB" if self.peak_gpu_memory_bytes else ""
         lines.append(f"{len(self.layers)} layers, overall sparsity {self.sparsity:.4f}, "
                      f"{self.calibration_tokens} calibration tokens, {self.seconds:.1f} s, "

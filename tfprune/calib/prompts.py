@@ -54,14 +54,18 @@ class CalibrationSet:
 
 def translation_prompts(corpus: ParallelCorpus, langs, shots: int, nsamples: int, direction: str = "x2en",
                         eos: str = "</s>", seed: int = 0) -> list[str]:
-    """`nsamples` k-shot prompts "{Src}: {src}{eos}{Tgt}: {tgt}{eos}" × shots, X→English ('x2en') or
-    English→X ('en2x'); sample i uses language langs[i % len(langs)] and `shots` distinct random sentences."""
+    """`nsamples` k-shot prompts "{Src}: {src}{eos}{Tgt}: {tgt}{eos}" × shots, X→English ('x2en'),
+    English→X ('en2x') or between any two languages of langs + English ('all': the directions in turn, a
+    seeded shuffle of every ordered pair); sample i uses language langs[i % len(langs)] (or direction i) and
+    `shots` distinct random sentences."""
     langs = _check(corpus, langs, shots)
     rng = random.Random(seed)
+    pairs = [(src, tgt) for src in langs + ["en"] for tgt in langs + ["en"] if src != tgt]
+    random.Random(f"directions:{seed}").shuffle(pairs)
     prompts = []
     for i in range(nsamples):
         lang = langs[i % len(langs)]
-        src, tgt = (lang, "en") if direction == "x2en" else ("en", lang)
+        src, tgt = {"x2en": (lang, "en"), "en2x": ("en", lang)}.get(direction) or pairs[i % len(pairs)]
         demos = [
             TEMPLATE.format(src_name=language_name(src), src=corpus.sentences[src][j],
                             tgt_name=language_name(tgt), tgt=corpus.sentences[tgt][j], eos=eos)
