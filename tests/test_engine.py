@@ -7,7 +7,7 @@ import tfprune
 from tfprune import PruneConfig
 from tfprune.builtin import BUILTIN_FAMILIES, PLANTED_CHANNELS
 from tfprune.calib import build_calibration
-from tfprune.engine import decoder_layers, find_linears, weight_matrix
+from tfprune.engine import decoder_layers, find_linears, targets, weight_matrix
 from tfprune.engine.calibrate import collect_block_stats
 from tfprune.engine.capture import capture_layer_inputs
 
@@ -134,3 +134,36 @@ def test_pruning_is_reproducible(tiny_model):
         tfprune.prune(model, tokenizer, PruneConfig(**SMALL), progress=False)
         results.append([weight_matrix(m).clone() for b in decoder_layers(model) for m in find_linears(b).values()])
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_block_reconstruction_fits_the_dense_block_and_keeps_the_pattern(tiny_model):
+    import copy
+
+    from tfprune.engine.activations import ActivationStore
+    from tfprune.engine.capture import capture_layer_inputs, run_block
+    from tfprune.engine.reconstruct import relative_error
+    from tfprune.engine.sequential import prune_block
+
+    model, tokenizer = tiny_model("llama")
+    config = PruneConfig(pattern="2:4", reconstruct=30, reconstruct_lr=1e-3, **SMALL)
+    store = ActivationStore("device", torch.device("cpu"))
+    for item in capture_layer_inputs(model, build_calibration(None, tokenizer, config), "translation", 4):
+        store.append(item)
+    block = decoder_layers(model)[0]
+    dense = copy.deepcopy(block)
+    goals = [run_block(dense, store[i], 0) for i in range(len(store))]  # independent of the engine's recording
+    plain = copy.deepcopy(block)
+    prune_block(plain, 0, store, PruneConfig(pattern="2:4", **SMALL), 0.5, 0)  # the same masks, no fitting
+    result = prune_block(block, 0, store, config, 0.5, 0)
+    rec = result.reconstruction
+    assert rec is not None and rec.steps == 30
+    assert rec.error_before == pytest.approx(relative_error(plain, 0, store, goals), rel=1e-6)
+    assert rec.error_after == pytest.approx(relative_error(block, 0, store, goals), rel=1e-6)
+    assert rec.error_after < 0.7 * rec.error_before
+    for name, target in targets(block).items():
+        weight, reference = target.matrix(), targets(plain)[name].matrix()
+        assert torch.equal(weight != 0, reference != 0), name  # the masks are kept exactly
+        assert not torch.equal(weight, reference)  # and the kept weights moved
+        assert not torch.signbit(weight[weight == 0]).any()  # +0.0
+    report = tfprune.prune(*tiny_model("llama"), config, progress=False)
+    assert [r["index"] for r in report.reconstruction] == [0, 1] and "block reconstruction" in report.table()

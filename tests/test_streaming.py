@@ -79,6 +79,16 @@ def test_streaming_is_bit_identical_to_in_memory(family, tmp_path):
     assert not partial_dir(tmp_path / "out").exists() and not (tmp_path / "out" / MANIFEST_FILE).exists()
 
 
+@pytest.mark.parametrize("tier", [None, "device=1KB,host=1GiB"])
+def test_block_reconstruction_streams_to_the_same_weights(tmp_path, tier):
+    checkpoint = save_checkpoint(tmp_path / "ckpt", "qwen2", layers=3)
+    config = PruneConfig(**TINY, pattern="2:4", reconstruct=6, reconstruct_lr=1e-3)
+    report, summary = prune_streaming(str(checkpoint), tmp_path / "out", config, progress=False, max_memory=tier)
+    assert summary.tier == ("device" if tier is None else "disk")  # on a CPU the next tier is the scratch file
+    assert_same(output_tensors(tmp_path / "out"), in_memory(checkpoint, config), checkpoint)
+    assert [r["index"] for r in report.reconstruction] == [0, 1, 2]
+
+
 def test_offloaded_activations_owl_contrastive_and_bf16(tmp_path):
     checkpoint = save_checkpoint(tmp_path / "ckpt", "llama", layers=3)
     config = PruneConfig(method="contrastive", owl=(5.0, 0.08), sparsity=0.6, **TINY)

@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="obs: SparseGPT's OBS weight update after masking (default: obs for sparsegpt, else none)")
     p.add_argument("--dampening", type=float, default=0.01, help="OBS: fraction of mean(diag H) added to diag H")
     p.add_argument("--blocksize", type=int, default=128, help="OBS: columns per block (N:M: rounded down to a multiple of M)")
+    p.add_argument("--reconstruct", type=int, default=0, metavar="STEPS",
+                   help="block-wise reconstruction: Adam steps per decoder block fitting the kept weights (masks "
+                        "fixed) to the dense block's outputs (default 0: off)")
+    p.add_argument("--reconstruct-lr", type=float, default=1e-4, help="its learning rate")
     p.add_argument("--sparsity", type=float, default=None, help="fraction pruned per row (default 0.5; N:M fixes it)")
     p.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M, e.g. 2:4")
     p.add_argument("--protect", default=None, help="retain channels: 'topk:0.5%%' or 'int8:6.0[:0.06]'")
@@ -79,7 +83,8 @@ def _config_from_args(args):
     options = dict(method=args.method, sparsity=args.sparsity, pattern=args.pattern, protect=args.protect,
                    nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, shots=args.shots,
                    direction=args.direction, batch_size=args.batch_size, update=args.update,
-                   dampening=args.dampening, blocksize=args.blocksize,
+                   dampening=args.dampening, blocksize=args.blocksize, reconstruct=args.reconstruct,
+                   reconstruct_lr=args.reconstruct_lr,
                    langs=tuple(args.langs.split(",")) if args.langs else None)
     if args.owl:
         try:

@@ -85,6 +85,9 @@ class PruneConfig:
                 'none' only zeroes; None = 'obs' for method 'sparsegpt', else 'none'.
     dampening:  λ = dampening · mean(diag H) added to diag H (more on Cholesky failure); blocksize: columns per
                 OBS block (for N:M rounded down to a multiple of M, at least M: see obs_blocksize).
+    reconstruct: Adam steps per decoder block of block-wise reconstruction after pruning (0 = off): the kept
+                weights and norms are fitted, masks fixed, to the dense block's outputs on the calibration
+                batches (tfprune.engine.reconstruct); reconstruct_lr: its learning rate.
     """
 
     method: str = "wanda"
@@ -104,6 +107,8 @@ class PruneConfig:
     update: str | None = None
     dampening: float = 0.01
     blocksize: int = 128
+    reconstruct: int = 0
+    reconstruct_lr: float = 1e-4
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -152,6 +157,12 @@ class PruneConfig:
             raise ConfigError(f"dampening must be a positive number (fraction of mean diag H), got {self.dampening!r}")
         if isinstance(self.blocksize, bool) or not (isinstance(self.blocksize, int) and self.blocksize >= 1):
             raise ConfigError(f"blocksize must be a positive integer, got {self.blocksize!r}")
+        if isinstance(self.reconstruct, bool) or not (isinstance(self.reconstruct, int) and self.reconstruct >= 0):
+            raise ConfigError(f"reconstruct must be a number of steps >= 0, got {self.reconstruct!r}")
+        if isinstance(self.reconstruct_lr, bool) or not (isinstance(self.reconstruct_lr, (int, float))
+                                                         and 0 < self.reconstruct_lr < 1
+                                                         and math.isfinite(self.reconstruct_lr)):
+            raise ConfigError(f"reconstruct_lr must be a learning rate in (0, 1), got {self.reconstruct_lr!r}")
 
     @property
     def nm(self) -> tuple[int, int] | None:

@@ -36,6 +36,7 @@ class PruneReport:
     peak_gpu_memory_bytes: int = 0
     calibration_tokens: int = 0
     block_sparsity: list[float] = field(default_factory=list)
+    reconstruction: list[dict] = field(default_factory=list)  # per block: asdict(BlockReconstruction)
 
     @property
     def sparsity(self) -> float:
@@ -60,6 +61,9 @@ class PruneReport:
             count = f" {layer.tokens:>8}" if routed else ""
             lines.append(f"{layer.name:<42} {shape:>12} {layer.sparsity:>9.4f} {len(layer.protected):>9} "
                          f"{layer.violations:>6}{count} {top:<24}")
+        if self.reconstruction:
+            errors = " ".join(f"{r['index']}:{r['error_before']:.3g}->{r['error_after']:.3g}" for r in self.reconstruction)
+            lines.append(f"block reconstruction, relative output error on the calibration batches: {errors}")
         gpu = f", peak GPU memory {self.peak_gpu_memory_bytes / 2**20:.0f} MiB" if self.peak_gpu_memory_bytes else ""
         lines.append(f"{len(self.layers)} layers, overall sparsity {self.sparsity:.4f}, "
                      f"{self.calibration_tokens} calibration tokens, {self.seconds:.1f} s, "

@@ -12,6 +12,8 @@ matrix, accumulated by forward hooks over every calibration batch; padding never
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -40,10 +42,13 @@ def _expert_weight(module: nn.Module, param: str, expert: int) -> tuple[torch.Te
 
 @torch.no_grad()
 def collect_block_stats(block: nn.Module, index: int, inputs: list[LayerInput], tau: float,
-                        hessians: sparsegpt.HessianCollector | None = None) -> dict[str, dict[str, ChannelStats]]:
+                        hessians: sparsegpt.HessianCollector | None = None,
+                        on_output: Callable[[torch.Tensor], None] | None = None) -> dict[str, dict[str, ChannelStats]]:
     """Per-stream, per-target ChannelStats of block `index` over all calibration batches: {stream: {name:
     stats}}; every target of the block has an entry per stream (an expert no token reached: n = 0).
-    hessians: if given, the same hooks also accumulate H = XᵀX of every target over the translation stream."""
+    hessians: if given, the same hooks also accumulate H = XᵀX of every target over the translation stream.
+    on_output: if given, called with the block's output [B, T, H] of every batch, in batch order (the
+    reconstruction's targets)."""
     names = targets(block)
     routed = routed_linears(block)
     streams = {item.stream for item in inputs}
@@ -104,7 +109,9 @@ def collect_block_stats(block: nn.Module, index: int, inputs: list[LayerInput], 
             current.update(stream=item.stream, mask=item.token_mask)
             if hessians is not None:
                 hessians.new_batch()
-            run_block(block, item, index)
+            output = run_block(block, item, index)
+            if on_output is not None:
+                on_output(output)
     finally:
         for handle in handles:
             handle.remove()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -25,9 +26,10 @@ from .activations import ActivationStore
 from .capture import capture_layer_inputs, run_block
 from .discovery import check_architecture, decoder_layers, targets
 from .layer import prune_target
+from .reconstruct import BlockReconstruction, reconstruct_block_
 from .weights import check_finite_weights
 
-__all__ = ["prune", "calibration_streams", "prune_block", "block_outlier_ratio", "check_prunable",
+__all__ = ["prune", "calibration_streams", "prune_block", "BlockResult", "block_outlier_ratio", "check_prunable",
            "effective_batch_size", "forward_block"]
 
 log = logging.getLogger("tfprune")
@@ -78,13 +80,27 @@ def effective_batch_size(model: nn.Module, config: PruneConfig) -> int:
     return config.batch_size
 
 
+@dataclass
+class BlockResult:
+    """What pruning one decoder block did: a LayerReport per matrix, and its reconstruction (or None)."""
+
+    reports: list[LayerReport]
+    reconstruction: BlockReconstruction | None = None
+
+
 @torch.no_grad()
 def prune_block(block: nn.Module, index: int, inputs, config: PruneConfig, sparsity: float,
-                first_seed: int) -> list[LayerReport]:
+                first_seed: int) -> BlockResult:
     """One step of the sequential engine (shared by the in-memory and streaming engines): calibrate block
-    `index` on `inputs` and prune every matrix in it in place; matrix i gets seed first_seed + i."""
+    `index` on `inputs`, prune every matrix in it in place (matrix i gets seed first_seed + i) and, with
+    config.reconstruct, fit the pruned block to the dense block's outputs."""
     hessians = sparsegpt.HessianCollector() if config.update == "obs" else None
-    stats = collect_block_stats(block, index, inputs, config.tau, hessians=hessians)
+    goals: list[torch.Tensor] = []  # the dense block's outputs: the reconstruction's targets
+    keep_goal = None
+    if config.reconstruct:
+        on_device = getattr(inputs, "tier", "device") == "device"
+        keep_goal = lambda output: goals.append(output if on_device else output.cpu())  # noqa: E731
+    stats = collect_block_stats(block, index, inputs, config.tau, hessians=hessians, on_output=keep_goal)
     if hessians is not None:
         log.info("block %d: %s on %s, freed after its linears", index, hessians.describe(),
                  next(block.parameters()).device)
@@ -100,7 +116,10 @@ def prune_block(block: nn.Module, index: int, inputs, config: PruneConfig, spars
             hessian = hessians.pop_factor(name, config.dampening, label)
         reports.append(prune_target(label, target, per_stream, config, sparsity, first_seed + len(reports),
                                     hessian=hessian))
-    return reports
+    reconstruction = None
+    if config.reconstruct:
+        reconstruction = reconstruct_block_(block, index, inputs, goals, config.reconstruct, config.reconstruct_lr)
+    return BlockResult(reports, reconstruction)
 
 
 def check_prunable(model: nn.Module, config: PruneConfig) -> None:
@@ -150,8 +169,10 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, calib=None, contrast
                 inputs.put(i, hidden)
         report = PruneReport(calibration_tokens=streams["translation"].tokens, block_sparsity=sparsities)
         for index, block in enumerate(tqdm(blocks, desc="pruning", unit="block", disable=not progress)):
-            report.layers += prune_block(block, index, inputs, config, sparsities[index],
-                                         config.seed + len(report.layers))
+            result = prune_block(block, index, inputs, config, sparsities[index], config.seed + len(report.layers))
+            report.layers += result.reports
+            if result.reconstruction is not None:
+                report.reconstruction.append(asdict(result.reconstruction))
             forward_block(block, index, inputs)
     finally:
         model.config.use_cache = use_cache

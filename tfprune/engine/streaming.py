@@ -289,7 +289,9 @@ class _Run:
                                  "top_channels": [tuple(c) for c in r["top_channels"]]})
                   for layer in self.manifest.layers for r in layer["reports"]]
         report = PruneReport(layers=layers, calibration_tokens=self.streams["translation"].tokens,
-                             block_sparsity=list(sparsities))
+                             block_sparsity=list(sparsities),
+                             reconstruction=[layer["reconstruction"] for layer in self.manifest.layers
+                                             if layer.get("reconstruction")])
         summary.bytes_read, summary.bytes_written = self.checkpoint.bytes_read, self.shards.bytes_written
         summary.bytes_verified = self.shards.bytes_read
         summary.peak_rss_bytes = report.peak_memory_bytes = _peak_rss()
@@ -355,7 +357,8 @@ class _Run:
         activations = sum(ids.numel() * hidden_size * itemsize for _, (ids, _) in batches)
         largest = max(ids.numel() for _, (ids, _) in batches)
         fixed = layer_bytes(skeleton, itemsize) + working_bytes(skeleton, config, largest, itemsize)
-        tier, reason = choose_tier(activations, fixed, self.device, self.budget)
+        # with reconstruction the dense block's outputs (its targets) sit beside the activations
+        tier, reason = choose_tier(activations * (2 if config.reconstruct else 1), fixed, self.device, self.budget)
         log.info("calibration activations: %.2f GiB (%d batches of [B, T, %d] %s) on %s: %s", activations / 2**30,
                  len(batches), hidden_size, str(self.compute).replace("torch.", ""), tier, reason)
         store = ActivationStore(tier, self.device, self.shards.folder / SCRATCH_FILE)
@@ -442,7 +445,7 @@ class _Run:
                     block = self._materialize(index, tensors)
                 seed = config.seed + sum(len(layer["reports"]) for layer in self.manifest.layers)
                 with summary.phase("prune"):
-                    reports = prune_block(block, index, self.store, config, sparsities[index], seed)
+                    result = prune_block(block, index, self.store, config, sparsities[index], seed)
                 with summary.phase("write"):
                     checksums, zeros, numel = self._write_layer(block, index, tensors)
                     del tensors
@@ -451,8 +454,10 @@ class _Run:
                 free(block)
                 with summary.phase("write"):
                     self.shards.sync()
-                    self.manifest.add_layer(index, checksums, [asdict(r) for r in reports],
-                                            time.perf_counter() - began, zeros=zeros, numel=numel)
+                    self.manifest.add_layer(index, checksums, [asdict(r) for r in result.reports],
+                                            time.perf_counter() - began, zeros=zeros, numel=numel,
+                                            reconstruction=None if result.reconstruction is None
+                                            else asdict(result.reconstruction))
                 summary.layer_seconds.append(time.perf_counter() - began)
                 peak = f"{_peak_rss() / 2**30:.2f}G"
                 if self.device.type == "cuda":

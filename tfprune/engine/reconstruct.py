@@ -1,0 +1,129 @@
+"""Block-wise reconstruction: with the masks fixed, a few optimizer steps per decoder block bring the pruned
+block's output back to the dense block's on the calibration activations.
+
+For block i, X are the calibration batches at its input (what the pruned blocks before it produce) and Y the
+dense block's output on them (recorded while its statistics were collected, before pruning). Adam minimizes the
+relative squared error Σ‖B̃(X) − Y‖² / Σ‖Y‖² over the real tokens (padding excluded), one batch per step in turn,
+updating only the kept weights of the block's pruned matrices (their gradients are masked and the pruned weights
+reset to +0.0 after every step, so the N:M / per-row pattern stays exact) and the block's normalization weights.
+The block is optimized in float32 whatever its dtype and cast back. Memory: one block's autograd state for one
+batch, plus Adam's two moments of the block's weights; the targets Y are one more copy of the activations.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from ..errors import NonFiniteActivationError
+from .capture import run_block
+from .discovery import targets
+
+__all__ = ["BlockReconstruction", "reconstruct_block_", "relative_error"]
+
+log = logging.getLogger("tfprune")
+
+
+@dataclass
+class BlockReconstruction:
+    """One block's reconstruction: relative output error on the calibration batches before and after, the
+    steps taken and seconds spent."""
+
+    index: int
+    error_before: float
+    error_after: float
+    steps: int
+    seconds: float
+
+
+def _float32(value):
+    """A batch's tensors (LayerInput fields, nested arguments) with floating point ones in float32."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_float32(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _float32(item) for key, item in value.items()}
+    return value
+
+
+def _batch(inputs, i: int):
+    item = inputs[i]
+    if item.hidden.dtype == torch.float32:
+        return item
+    return replace(item, hidden=item.hidden.float(), arguments=_float32(item.arguments))
+
+
+@torch.no_grad()
+def relative_error(block: nn.Module, index: int, inputs, goals: list[torch.Tensor]) -> float:
+    """Σ‖block(X) − Y‖² / Σ‖Y‖² over the real tokens of every batch (float64 sums)."""
+    error = norm = 0.0
+    for i in range(len(inputs)):
+        item = _batch(inputs, i)
+        output = run_block(block, item, index).float()
+        real = item.token_mask.reshape(output.shape[:2])
+        goal = goals[i].to(output.device).float()
+        error += float((output - goal)[real].double().square().sum())
+        norm += float(goal[real].double().square().sum())
+    return error / max(norm, 1e-30)
+
+
+def _norm_weights(block: nn.Module) -> list[nn.Parameter]:
+    return [module.weight for module in block.modules()
+            if "norm" in type(module).__name__.lower() and isinstance(getattr(module, "weight", None), nn.Parameter)]
+
+
+def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.Tensor], steps: int,
+                       lr: float) -> BlockReconstruction:
+    """Optimize the kept weights (and the norms) of pruned block `index` in place so that its outputs on
+    `inputs` (an ActivationStore or list of LayerInput) approach `goals` ([B, T, H] per batch: the dense block's
+    outputs on the same inputs). Returns the errors before and after."""
+    start = time.perf_counter()
+    matrices = [getattr(target.module, target.param) for target in targets(block).values()]
+    params = list({id(p): p for p in matrices + _norm_weights(block)}.values())
+    keeps = [p.data != 0 for p in matrices]
+    dtype = next(block.parameters()).dtype
+    flags = {id(p): p.requires_grad for p in block.parameters()}
+    block.float()
+    with torch.no_grad():
+        before = relative_error(block, index, inputs, goals)
+    for p in block.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    try:
+        with torch.enable_grad():
+            for step in range(steps):
+                i = step % len(inputs)
+                item = _batch(inputs, i)
+                output = run_block(block, item, index).float()
+                real = item.token_mask.reshape(output.shape[:2])
+                goal = goals[i].to(output.device).float()[real]
+                loss = (output[real] - goal).square().sum() / goal.square().sum().clamp_min(1e-30)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for p, keep in zip(matrices, keeps):
+                    p.grad.masked_fill_(~keep, 0.0)
+                optimizer.step()
+                with torch.no_grad():
+                    for p, keep in zip(matrices, keeps):
+                        p.masked_fill_(~keep, 0.0)
+    finally:
+        for p in block.parameters():
+            p.requires_grad_(flags.get(id(p), False))
+        block.to(dtype)
+    with torch.no_grad():
+        for p, keep in zip(matrices, keeps):  # +0.0 again after the cast
+            p.masked_fill_(~keep, 0.0)
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise NonFiniteActivationError(f"block {index}: reconstruction diverged (NaN/Inf weights); lower "
+                                           "--reconstruct-lr")
+        after = relative_error(block, index, inputs, goals)
+    result = BlockReconstruction(index, before, after, steps, time.perf_counter() - start)
+    log.info("block %d: reconstruction %d steps, output error %.4g -> %.4g (%.1f s)", index, steps, before, after,
+             result.seconds)
+    return result
