@@ -44,6 +44,9 @@ VARIANTS = {
     "contrastive": (dict(method="contrastive"), "translation", "monolingual"),
     "wanda+obs": (dict(method="wanda", update="obs"), "translation", None),
     "sparsegpt": (dict(method="sparsegpt"), "translation", None),
+    "ria": (dict(method="ria"), "translation", None),
+    "wanda-all-directions": (dict(method="wanda"), "all-directions", None),
+    "wanda+reconstruct": (dict(method="wanda", reconstruct=64, reconstruct_lr=1e-4), "translation", None),
 }
 
 
@@ -67,6 +70,8 @@ def prompts(kind: str, tokenizer, nsamples: int, seed: int) -> list[str]:
     eos = tokenizer.eos_token or ""
     if kind == "translation":
         return translation_prompts(corpus, langs, SHOTS, nsamples, "x2en", eos, seed)
+    if kind == "all-directions":
+        return translation_prompts(corpus, langs, SHOTS, nsamples, "all", eos, seed)
     if kind == "english":
         return english_prompts(corpus, SHOTS, nsamples, eos, seed)
     if kind == "monolingual":
@@ -123,7 +128,7 @@ def summarize(ppl: dict, dense: dict) -> dict:
 
 
 def run(model_dir: str, patterns, variants, budget: int, seqlen: int, seed: int, dtype: str | None,
-        set_names=("heldout",)) -> dict:
+        set_names=("heldout",), overrides: dict | None = None) -> dict:
     dense_model, tokenizer = load_model(model_dir, dtype)
     sets = evaluation_sets(set_names)
     started = time.perf_counter()
@@ -136,7 +141,7 @@ def run(model_dir: str, patterns, variants, budget: int, seqlen: int, seed: int,
     for pattern in patterns:
         for label in variants:
             options, stream, contrast = VARIANTS[label]
-            config = PruneConfig(**options, **PATTERNS[pattern], seqlen=seqlen, seed=seed)
+            config = PruneConfig(**{**options, **(overrides or {})}, **PATTERNS[pattern], seqlen=seqlen, seed=seed)
             calib = calibration_set(stream, tokenizer, budget, seqlen, seed)
             contrast_calib = None if contrast is None else calibration_set(contrast, tokenizer, budget, seqlen, seed)
             model = copy.deepcopy(dense_model)
@@ -144,7 +149,8 @@ def run(model_dir: str, patterns, variants, budget: int, seqlen: int, seed: int,
             report = prune(model, tokenizer, config, calib=calib, contrast_calib=contrast_calib, progress=False)
             seconds = time.perf_counter() - began
             ppl = evaluate(model, tokenizer, sets)
-            row = {"pattern": pattern, "variant": label, "stream": stream, "config": config.to_dict(),
+            suffix = "".join(f" {key}={value}" for key, value in (overrides or {}).items())
+            row = {"pattern": pattern, "variant": label + suffix, "stream": stream, "config": config.to_dict(),
                    "calibration_tokens": report.calibration_tokens, "prune_seconds": seconds, "ppl": ppl,
                    "summary": summarize(ppl, dense)}
             record["runs"].append(row)
@@ -201,6 +207,15 @@ def plot(record: dict, path: Path) -> Path:
     return path
 
 
+def parse_options(text: str) -> dict:
+    """'reconstruct=64,reconstruct_lr=3e-4' -> {'reconstruct': 64, 'reconstruct_lr': 0.0003}."""
+    options = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        options[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "-[{" else value
+    return options
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -211,10 +226,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--sets", default="heldout", help="heldout (other domains), corpus (built-in's held-out part)")
+    parser.add_argument("--options", default="", help="PruneConfig overrides for every variant: KEY=VALUE,...")
     parser.add_argument("--out", default="bench-out/quality", help="folder for quality.json, quality.png")
     args = parser.parse_args()
     record = run(args.model, args.patterns.split(","), args.variants.split(","), args.budget, args.seqlen,
-                 args.seed, args.dtype, args.sets.split(","))
+                 args.seed, args.dtype, args.sets.split(","), parse_options(args.options))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(record, indent=1))

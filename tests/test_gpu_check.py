@@ -68,8 +68,10 @@ def test_goals_are_judged_from_measured_numbers():
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not on PATH")
 def test_make_target_needs_no_venv_and_no_pip():
-    result = subprocess.run(["make", "-n", "gpu-check", "PYTHON=python3", "OUT=/tmp/x"], capture_output=True,
-                            text=True, cwd=ROOT, timeout=60)
+    # run from `make test` too: the parent make's variables would make this one print "Entering directory"
+    env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", "gpu-check", "PYTHON=python3", "OUT=/tmp/x"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "OUT=/tmp/x PYTHON=python3 bash scripts/gpu_check.sh"
     commands = [line.split("#")[0] for line in (ROOT / "scripts" / "gpu_check.sh").read_text().splitlines()]
