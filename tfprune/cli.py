@@ -1,4 +1,4 @@
-"""The `tfprune` command line: prune | inspect | bench | eval | analyze."""
+"""The `tfprune` command line: prune | inspect | bench | eval | analyze | trim-vocab."""
 from __future__ import annotations
 
 import argparse
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="dense", choices=["dense", "compressed-tensors"],
                    help="dense: masked dense weights; compressed-tensors: 2:4 linears packed as sparse-24-bitmask "
                         "(needs --pattern 2:4; load with tfprune.from_pretrained)")
+    p.add_argument("--trim-vocab", default=None, metavar="LANGS",
+                   help="after pruning, keep only the tokens of these languages' scripts (e.g. de,fr,ru): "
+                        "see `tfprune trim-vocab`")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
 
     i = sub.add_parser("inspect", help="summarize a directory written by `tfprune prune`")
@@ -59,10 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     from . import analysis
     from .bench import command as bench_command
     from .evaluation import command as eval_command
+    from .vocab import command as vocab_command
 
     bench_command.add_parser(sub)
     eval_command.add_parser(sub)
     analysis.add_parser(sub)
+    vocab_command.add_parser(sub)
     return parser
 
 
@@ -107,6 +112,7 @@ def _calibration_source(spec: str | None, langs):
 def cmd_prune(args) -> int:
     import torch
 
+    from . import vocab
     from .engine import prune
     from .io import check_output_dir, save_pruned
     from .models import DTYPES, load_model
@@ -119,18 +125,29 @@ def cmd_prune(args) -> int:
         raise TfpruneError("--device cuda was asked for, but torch sees no CUDA device")
     if args.format == "compressed-tensors" and config.nm != (2, 4):
         raise TfpruneError(f"--format compressed-tensors writes 2:4 weights: it needs --pattern 2:4, got {args.pattern}")
+    trim = _trim_options(args)
     calib = _calibration_source(args.calib, config.langs)
     contrast = _calibration_source(args.contrast, config.langs) if args.contrast else None
     if args.streaming or (args.streaming is None and _should_stream(args)):
-        return _cmd_prune_streaming(args, config, calib, contrast)
+        return _cmd_prune_streaming(args, config, calib, contrast, trim)
     model, tokenizer = load_model(args.model, args.dtype, args.device)
+    vocab_plan = trim and vocab.plan_for_model(model, tokenizer, trim)  # checked before pruning
     report = prune(model, tokenizer, config, calib=calib, contrast_calib=contrast, progress=not args.quiet)
+    if vocab_plan:
+        tokenizer, _ = vocab.trim_vocab(model, tokenizer, trim, vocab_plan)
     save_pruned(model, tokenizer, args.out, config, report, overwrite=args.overwrite,
-                extra={"model": args.model, "calib": args.calib}, format=args.format)
+                extra={"model": args.model, "calib": args.calib}, format=args.format,
+                files=vocab_plan and vocab_plan.files())
     if not args.quiet:
         print(report.table())
     print(f"wrote {args.out}")
     return 0
+
+
+def _trim_options(args):
+    from .vocab import TrimOptions
+
+    return TrimOptions(args.trim_vocab) if args.trim_vocab else None
 
 
 def _should_stream(args) -> bool:
@@ -139,14 +156,14 @@ def _should_stream(args) -> bool:
     return should_stream(args.model, args.device, args.dtype)
 
 
-def _cmd_prune_streaming(args, config, calib, contrast) -> int:
+def _cmd_prune_streaming(args, config, calib, contrast, trim) -> int:
     from .engine.streaming import prune_streaming
 
     report, summary = prune_streaming(args.model, args.out, config, calib=calib, contrast_calib=contrast,
                                       device=args.device, dtype=args.dtype, max_memory=args.max_memory,
                                       shard_size=args.shard_size, output_format=args.format,
                                       overwrite=args.overwrite, progress=not args.quiet,
-                                      extra={"model": args.model, "calib": args.calib})
+                                      extra={"model": args.model, "calib": args.calib}, trim_vocab=trim)
     if not args.quiet:
         print(report.table())
     print(summary.line())
@@ -179,12 +196,18 @@ def cmd_analyze(args) -> int:
     return run(args)
 
 
+def cmd_trim_vocab(args) -> int:
+    from .vocab.command import run
+
+    return run(args)
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return {"prune": cmd_prune, "inspect": cmd_inspect, "bench": cmd_bench, "eval": cmd_eval,
-                "analyze": cmd_analyze}[args.command](args)
+                "analyze": cmd_analyze, "trim-vocab": cmd_trim_vocab}[args.command](args)
     except TfpruneError as error:
         print(f"tfprune: error: {error}", file=sys.stderr)
         return 2

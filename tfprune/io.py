@@ -58,10 +58,10 @@ def commit_output_dir(tmp: str | Path, out: str | Path) -> Path:
 
 
 def save_pruned(model, tokenizer, out: str | Path, config=None, report=None, overwrite: bool = False,
-                extra: dict | None = None, format: str = "dense") -> Path:
+                extra: dict | None = None, format: str = "dense", files: dict[str, str] | None = None) -> Path:
     """Write model (safetensors), config, tokenizer and tfprune.json (config + report) to `out` atomically.
     format: 'dense' (masked dense weights) or 'compressed-tensors' (2:4 linears packed as sparse-24-bitmask,
-    see tfprune.sparse.checkpoint)."""
+    see tfprune.sparse.checkpoint). files: {name: text} of further files to write there (e.g. tfprune-vocab.json)."""
     if format not in SAVE_FORMATS:
         raise TfpruneError(f"format must be one of {', '.join(SAVE_FORMATS)}, got {format!r}")
     with atomic_output_dir(out, overwrite) as tmp:
@@ -76,6 +76,8 @@ def save_pruned(model, tokenizer, out: str | Path, config=None, report=None, ove
         record = {"config": None if config is None else config.to_dict(),
                   "report": None if report is None else report.to_dict(), **(extra or {})}
         (tmp / REPORT_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
     return Path(out)
 
 

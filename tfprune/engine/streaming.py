@@ -33,6 +33,7 @@ from ..config import PruneConfig
 from ..errors import ConfigError, TfpruneError
 from ..io import REPORT_FILE, check_output_dir, commit_output_dir
 from ..report import LayerReport, PruneReport
+from ..vocab.checkpoint import NoTrim, streaming_trim
 from .activations import ActivationStore, MemoryBudget, choose_tier, free_memory, tensor_nbytes
 from .adapters import adapter_for, decoder_layers, find_linears
 from .checkpoint import DTYPES, INDEX_FILE, Checkpoint, ShardFiles, parse_size, plan_shards
@@ -128,14 +129,16 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
                     contrast_calib=None, *, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                     max_memory: str | MemoryBudget | None = None, shard_size: str | int = "5GB",
                     output_format: str = "dense", overwrite: bool = False, progress: bool = True,
-                    extra: dict | None = None) -> tuple[PruneReport, StreamingSummary]:
+                    extra: dict | None = None, trim_vocab=None) -> tuple[PruneReport, StreamingSummary]:
     """Prune the checkpoint `model` (a local Hugging Face directory with safetensors, a hub id or
     builtin:FAMILY) layer by layer into `out`, resuming a partial run of the same command.
 
     dtype: compute dtype (default: the checkpoint's); every tensor is written in its checkpoint dtype.
     max_memory: the activation budget ('40GiB' for the device, or 'device=40GiB,host=100GiB'; default: the
     free memory). shard_size: the most tensor bytes per output shard. output_format: 'dense' or
-    'compressed-tensors' (2:4 linears as sparse-24-bitmask). Returns (PruneReport, StreamingSummary).
+    'compressed-tensors' (2:4 linears as sparse-24-bitmask). trim_vocab: a tfprune.vocab.TrimOptions to trim
+    the embeddings / LM head as they are copied (tfprune.vocab.streaming_trim). Returns (PruneReport,
+    StreamingSummary).
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -166,17 +169,21 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(folder)
         streams = calibration_streams(tokenizer, config, calib, contrast_calib)
+        vocab = streaming_trim(trim_vocab, tokenizer, folder, skeleton,
+                               {name: info.shape for name, info in checkpoint.tensors.items()})
         specs = [spec for name in layout.non_layer + [k for layer in layout.layers for k in layer]
-                 for spec in fmt.outputs(name, checkpoint.tensors[name].dtype, checkpoint.tensors[name].shape)]
+                 for spec in fmt.outputs(name, checkpoint.tensors[name].dtype,
+                                         vocab.planned_shape(name, checkpoint.tensors[name].shape))]
         plan = plan_shards(specs, parse_size(shard_size))
         identity = {"tfprune": __version__, "model": model_id, "checkpoint": checkpoint.fingerprint(),
                     "options": config.to_dict(), "calibration": _calibration_digest(streams),
                     "dtype": str(compute), "device": device.type, "format": output_format,
-                    "shard_size": parse_size(shard_size), "plan": plan.digest()}
+                    "shard_size": parse_size(shard_size), "plan": plan.digest(), **vocab.identity()}
         tmp = partial_dir(out)
         manifest = Manifest.open(tmp, identity)
         run = _Run(skeleton, checkpoint, layout, fmt, ShardFiles(tmp, plan), manifest, config, device, compute,
-                   budget, streams, StreamingSummary(layers=len(layout.layers), shards=len(plan.files)), progress)
+                   budget, streams, StreamingSummary(layers=len(layout.layers), shards=len(plan.files)), progress,
+                   vocab)
         try:
             report = run.execute()
             run.summary.seconds = report.seconds = time.perf_counter() - start
@@ -233,6 +240,7 @@ class _Run:
     streams: dict
     summary: StreamingSummary
     progress: bool
+    vocab: NoTrim
     store: ActivationStore | None = None
 
     def execute(self) -> PruneReport:
@@ -302,7 +310,7 @@ class _Run:
             return
         checksums, zeros, numel = {}, 0, 0
         for name in self.layout.non_layer:
-            tensor = self.checkpoint.load([name])[name]
+            tensor = self.vocab.apply(name, self.checkpoint.load([name])[name])
             self._write(name, tensor, checksums)
             z, n = self._zeros(name, tensor)
             zeros, numel = zeros + z, numel + n
@@ -480,6 +488,7 @@ class _Run:
             (tmp / "config.json").write_text(config_text, encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        self.vocab.finish(tmp)
         record = {"config": self.config.to_dict(), "report": report.to_dict(), "streaming": asdict(self.summary),
                   "format": self.fmt.name, **(extra or {})}
         (tmp / REPORT_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
