@@ -200,3 +200,45 @@ def test_ids_the_model_config_names_are_kept_and_checked():
     assert reasons[far] == "special" and reasons[far - 1] == "special"
     with pytest.raises(VocabError, match="bos_token_id=50256 in the model's config is outside"):
         plan_vocab(tokenizer, TrimOptions("de"), [{"bos_token_id": 50256}])
+
+
+def test_ids_are_remapped_everywhere_they_appear(tmp_path):
+    """Special tokens at high ids (as Llama 3's): added tokens, the post-processor's bos, padding, and
+    tokenizer_config.json's added_tokens_decoder all name the new ids."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    tokenizer = build_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|start|>", "<|end|>"]})
+    start = tokenizer.convert_tokens_to_ids("<|start|>")
+    backend = tokenizer.backend_tokenizer
+    backend.post_processor = processors.TemplateProcessing(single="<|start|> $A <|end|>", special_tokens=[
+        ("<|start|>", start), ("<|end|>", start + 1)])
+    backend.enable_padding(pad_id=start + 1, pad_token="<|end|>")
+    tokenizer.save_pretrained(tmp_path / "tok")
+    config_path = tmp_path / "tok" / "tokenizer_config.json"  # as transformers 4.x writes them
+    config = json.loads(config_path.read_text())
+    config["added_tokens_decoder"] = {str(start + k): {"content": t, "special": True} for k, t in
+                                      enumerate(["<|start|>", "<|end|>"])}
+    config_path.write_text(json.dumps(config))
+    (tmp_path / "tok" / "added_tokens.json").write_text(json.dumps({"<|start|>": start, "<|end|>": start + 1}))
+    plan = plan_vocab(tmp_path / "tok", TrimOptions("ru"))
+    kept = plan.selection.kept
+    assert kept[-2:] == (start, start + 1) and dict(zip(kept, plan.selection.reasons))[start] == "special"
+    out = tmp_path / "out"
+    out.mkdir()
+    for path in (tmp_path / "tok").iterdir():
+        (out / path.name).write_bytes(path.read_bytes())
+    plan.rewrite_dir(out)
+    trimmed = AutoTokenizer.from_pretrained(out)
+    text = HELD_OUT["ru"][0]
+    ids = trimmed(text).input_ids
+    assert ids[0] == len(kept) - 2 and ids[-1] == len(kept) - 1
+    assert [kept[i] for i in ids] == Tokenizer.from_file(str(tmp_path / "tok" / "tokenizer.json")).encode(text).ids
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    assert config["added_tokens_decoder"] == {str(len(kept) - 2): {"content": "<|start|>", "special": True},
+                                              str(len(kept) - 1): {"content": "<|end|>", "special": True}}
+    assert json.loads((out / "added_tokens.json").read_text()) == {"<|start|>": len(kept) - 2,
+                                                                   "<|end|>": len(kept) - 1}
+    assert json.loads(plan.tokenizer_json)["padding"]["pad_id"] == len(kept) - 1
+    assert trimmed.convert_tokens_to_ids("<|end|>") == len(kept) - 1
