@@ -225,6 +225,7 @@ def trim_checkpoint(model: str | Path, out: str | Path, options: TrimOptions, *,
             config_path.write_text(json.dumps(sparsity.update(json.loads(config_path.read_text(encoding="utf-8"))),
                                               indent=2, sort_keys=True) + "\n", encoding="utf-8")
             _nest_previous_record(folder, tmp)
+            _mark_output(tmp, str(model), plan)
         before = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
     after = sum(path.stat().st_size for path in Path(out).glob("*.safetensors"))
     summary = TrimSummary(plan.selection, before, after, time.perf_counter() - start, len(vocab.kinds))
@@ -255,6 +256,18 @@ def _nest_previous_record(folder: Path, tmp: Path) -> None:
         record = json.loads((tmp / VOCAB_FILE).read_text(encoding="utf-8"))
         record["previous"] = json.loads(previous.read_text(encoding="utf-8"))
         (tmp / VOCAB_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def _mark_output(tmp: Path, model: str, plan: VocabPlan) -> None:
+    """tfprune.json, the record every tfprune output holds: the input's (a pruned model's run) when it has
+    one, plus `trim_vocab` (options, kept counts); the ids themselves are in tfprune-vocab.json."""
+    from ..io import REPORT_FILE
+
+    path = tmp / REPORT_FILE
+    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"model": model}
+    record["trim_vocab"] = {**plan.options.to_dict(), "vocab_size": len(plan.selection),
+                            "original_vocab_size": plan.selection.original_size, "counts": plan.selection.counts}
+    path.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
 
 
 class NoTrim:

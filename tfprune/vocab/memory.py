@@ -5,7 +5,7 @@ import tempfile
 from pathlib import Path
 
 from .model import trim_model_
-from .plan import VOCAB_FILE, TrimOptions, VocabPlan, plan_vocab
+from .plan import TrimOptions, VocabPlan, plan_vocab
 
 __all__ = ["plan_for_model", "trim_vocab", "trimmed_tokenizer"]
 
@@ -29,8 +29,7 @@ def trimmed_tokenizer(tokenizer, plan: VocabPlan):
 
     with tempfile.TemporaryDirectory(prefix="tfprune-vocab-") as folder:
         tokenizer.save_pretrained(folder)
-        plan.rewrite_dir(Path(folder))
-        (Path(folder) / VOCAB_FILE).unlink()
+        plan.rewrite_dir(Path(folder), record=False)
         return AutoTokenizer.from_pretrained(folder)
 
 

@@ -66,11 +66,11 @@ class VocabPlan:
         """{tfprune-vocab.json: its text}, for writers that take extra files (tfprune.io.save_pruned)."""
         return {VOCAB_FILE: json.dumps(self.record(), indent=1) + "\n"}
 
-    def rewrite_dir(self, directory: Path) -> None:
+    def rewrite_dir(self, directory: Path, record: bool = True) -> None:
         """Rewrite, in place, the configs and tokenizer files of an output directory this run is writing
         (holding the original ones): vocab_size and token ids in config.json / generation_config.json, the
         trimmed tokenizer.json, remapped tokenizer_config.json / added_tokens.json; stale vocabulary files
-        this run put there are removed; then tfprune-vocab.json is written."""
+        this run put there are removed; then (record) tfprune-vocab.json is written."""
         directory = Path(directory)
         new_id = self.selection.new_ids()
         for name in CONFIG_FILES:
@@ -83,7 +83,7 @@ class VocabPlan:
         write_tokenizer_files(directory, directory, self.tokenizer_json, list(self.selection.kept))
         for name in STALE_TOKENIZER_FILES:
             (directory / name).unlink(missing_ok=True)
-        for name, text in self.files().items():
+        for name, text in (self.files() if record else {}).items():
             (directory / name).write_text(text, encoding="utf-8")
 
 
@@ -121,15 +121,12 @@ def plan_vocab(tokenizer, options: TrimOptions, configs: list[dict] = ()) -> Voc
         original = Tokenizer.from_file(str(Path(tokenizer) / "tokenizer.json"))
     else:
         original = tokenizer.backend_tokenizer
-    if options.corpus is not None:
-        texts = corpus_texts(options.corpus, options.langs)
-    elif "corpus" in options.by:
-        texts = corpus_texts("builtin", options.langs)
-    else:
-        try:
-            texts = corpus_texts("builtin", options.langs)
-        except VocabError:  # no built-in text in these languages: nothing to measure or verify with
-            texts = []
+    try:
+        texts = corpus_texts("builtin" if options.corpus is None else options.corpus, options.langs)
+    except VocabError:
+        if options.corpus is not None or "corpus" in options.by:
+            raise
+        texts = []  # no built-in text in these languages: nothing to measure or verify with
 
     def encode(batch: list[str]) -> list[list[int]]:
         return [encoding.ids for encoding in original.encode_batch(batch, add_special_tokens=False)]

@@ -144,9 +144,7 @@ class BpeTokenizer:
         required = {}
         for token in self.added:
             required[token["id"]] = "special" if token.get("special") else "added"
-        ids: list[int] = []
-        _remap_processor(copy.deepcopy(self.data.get("post_processor")), lambda index: ids.append(index) or index,
-                         self.source)
+        ids = _processor_ids(self.data.get("post_processor"))
         padding = self.data.get("padding") or {}
         if "pad_id" in padding:
             ids.append(padding["pad_id"])
@@ -181,6 +179,18 @@ def _unicode_to_bytes() -> dict[str, int]:
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def _processor_ids(processor: dict | None) -> list[int]:
+    """The token ids a (checked) post-processor inserts."""
+    ids: list[int] = []
+
+    def collect(index: int) -> int:
+        ids.append(index)
+        return index
+
+    _remap_processor(copy.deepcopy(processor), collect, TOKENIZER_FILE)
+    return ids
 
 
 def _remap_processor(processor: dict | None, new_id, source: str) -> dict | None:
