@@ -14,8 +14,11 @@ model vs the trimmed one (per original token, so that the corpus mode's other se
 Speed and memory (bf16, --threads): checkpoints written into --workdir: dense (bf16), 2:4 (magnitude 2:4 on
 every decoder linear, compressed-tensors), and both trimmed by `tfprune.vocab.trim_checkpoint` per set; all
 loaded with `tfprune.from_pretrained` (2:4 linears as SparseLinear: the CPU decode kernel), greedy decoding of
---steps tokens after a held-out prompt, tokens/s of the decode steps, --rounds interleaved rounds (the order
-reversed every other round), medians. Peak RSS: each checkpoint loaded and decoded once in a fresh process.
+--steps tokens after a held-out prompt, --rounds interleaved rounds (the order reversed every other round);
+tokens/s = 1 / the median time of a decode step over all rounds (robust to the bursts of other jobs on a shared
+machine; their interquartile range is recorded); each timed decode starts once other processes use fewer than
+--quiet cores (waiting up to --patience seconds; what was measured is recorded). Peak RSS (VmHWM): each
+checkpoint loaded and decoded once in a fresh process.
 """
 from __future__ import annotations
 
@@ -88,10 +91,9 @@ def check_held_out() -> None:
 
 
 @torch.inference_mode()
-def score(model, ids: list[int]) -> torch.Tensor:
-    """fp32 next-token log-probabilities [len(ids) - 1, V] of a tokenized text (bos first)."""
-    logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
-    return torch.log_softmax(logits, dim=-1)
+def next_token_logits(model, ids: list[int]) -> torch.Tensor:
+    """fp32 next-token logits [len(ids) - 1, V] of a tokenized text (bos first)."""
+    return model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
 
 
 def exactness(model, tokenizer, langs, by: str) -> dict:
@@ -110,12 +112,13 @@ def exactness(model, tokenizer, langs, by: str) -> dict:
     identical = outside = tokens = 0
     nll_original = nll_trimmed = dropped_mass = 0.0
     rest_original = rest_trimmed = 0.0  # without the first prediction (the token after bos, unconditioned)
-    max_delta = None
+    max_delta = max_logit_delta = None
     for text in texts:
         before, after = tokenizer(text).input_ids, trimmed_tokenizer(text).input_ids
         outside += sum(index not in kept_set for index in before)
         tokens += len(before) - 1
-        reference, got = score(model, before), score(trimmed, after)
+        reference_logits, got_logits = next_token_logits(model, before), next_token_logits(trimmed, after)
+        reference, got = torch.log_softmax(reference_logits, -1), torch.log_softmax(got_logits, -1)
         per_token = [-reference.gather(1, torch.tensor(before[1:])[:, None])[:, 0],
                      -got.gather(1, torch.tensor(after[1:])[:, None])[:, 0]]
         nll_original, nll_trimmed = nll_original + per_token[0].sum().item(), nll_trimmed + per_token[1].sum().item()
@@ -124,17 +127,20 @@ def exactness(model, tokenizer, langs, by: str) -> dict:
         dropped_mass += reference.exp()[:, dropped[: reference.shape[1]]].sum().item()
         if [kept[i] for i in after] == before:
             identical += 1
-            restricted = torch.log_softmax(reference[:, kept], dim=-1)  # renormalised over the kept ids
+            restricted = torch.log_softmax(reference_logits[:, kept], dim=-1)  # renormalised over the kept ids
             max_delta = max(max_delta or 0.0, float((got - restricted).abs().max()))
+            max_logit_delta = max(max_logit_delta or 0.0, float((got_logits - reference_logits[:, kept]).abs().max()))
     ppl_original, ppl_trimmed = math.exp(nll_original / tokens), math.exp(nll_trimmed / tokens)
     row = {"set": ",".join(langs), "by": by, "kept": len(kept), "counts": plan.selection.counts,
            "texts": len(texts), "identical": identical, "tokens": tokens, "outside": outside,
-           "outside_share": outside / tokens, "max_abs_dlogprob": max_delta, "ppl_original": ppl_original,
+           "outside_share": outside / tokens, "max_abs_dlogprob": max_delta, "max_abs_dlogit": max_logit_delta,
+           "ppl_original": ppl_original,
            "ppl_trimmed": ppl_trimmed, "ppl_change": ppl_trimmed / ppl_original - 1,
            "ppl_change_after_first": math.exp((rest_trimmed - rest_original) / (tokens - len(texts))) - 1,
            "dropped_mass": dropped_mass / tokens, "plan_seconds": seconds}
     print(f"exactness {row['set']} by {by}: kept {len(kept):,}; {identical}/{len(texts)} texts segmented "
-          f"identically, {outside}/{tokens} held-out tokens outside the kept set; max |dlogp| {max_delta}; "
+          f"identically, {outside}/{tokens} held-out tokens outside the kept set; max |dlogp| {max_delta}, "
+          f"|dlogit| {max_logit_delta}; "
           f"ppl {ppl_original:.3f} -> {ppl_trimmed:.3f} ({row['ppl_change']:+.2%}; "
           f"{row['ppl_change_after_first']:+.2%} after the first token); mean probability on dropped "
           f"tokens {row['dropped_mass']:.2%}", flush=True)
@@ -204,17 +210,78 @@ def load(folder: Path):
 
 
 @torch.inference_mode()
-def greedy(model, prompt: torch.Tensor, steps: int) -> tuple[list[int], float]:
-    """(generated ids, seconds of the decode steps) after an untimed prefill of prompt [1, P]."""
+def greedy(model, prompt: torch.Tensor, steps: int) -> tuple[list[int], list[float]]:
+    """(generated ids, seconds of each decode step) after an untimed prefill of prompt [1, P]."""
     logits, cache = forward_with_cache(model, prompt)
     token = logits[:, -1:].argmax(-1)
-    ids = [int(token)]
-    start = time.perf_counter()
+    ids, seconds = [int(token)], []
     for _ in range(steps - 1):
+        start = time.perf_counter()
         logits, cache = forward_with_cache(model, token, cache)
         token = logits[:, -1:].argmax(-1)
         ids.append(int(token))
-    return ids, time.perf_counter() - start
+        seconds.append(time.perf_counter() - start)
+    return ids, seconds
+
+
+def busy_cores(interval: float = 0.5) -> float:
+    """CPU cores kept busy by other processes over `interval` seconds (this one sleeps meanwhile)."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait (jiffies)
+
+    (total0, idle0), _ = sample(), time.sleep(interval)
+    total1, idle1 = sample()
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
+def wait_for_quiet(limit: float, patience: float) -> float:
+    """Wait (at most `patience` seconds) until other processes use fewer than `limit` cores: on a shared
+    machine one busy neighbour thread stalls every OpenMP region of a 2-thread decode step. Returns the
+    busy cores measured last."""
+    deadline = time.monotonic() + patience
+    busy = busy_cores()
+    while busy >= limit and time.monotonic() < deadline:
+        busy = busy_cores()
+    return busy
+
+
+@torch.inference_mode()
+def step_breakdown(model, prompt: torch.Tensor, steps: int) -> dict:
+    """Milliseconds per decode step (medians) spent in the LM head, in the decoder's linear layers (nn.Linear and
+    SparseLinear) and in everything else (norms, attention, rotary, cache, argmax, Python), timed with forward
+    hooks on one extra greedy run."""
+    from tfprune.sparse import SparseLinear
+
+    head = model.get_output_embeddings()
+    spent = {"head": 0.0, "linears": 0.0}
+    started: dict[int, float] = {}
+    handles = []
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, SparseLinear)):
+            kind = "head" if module is head else "linears"
+            handles.append(module.register_forward_pre_hook(
+                lambda m, _args: started.__setitem__(id(m), time.perf_counter())))
+            handles.append(module.register_forward_hook(
+                lambda m, _args, _out, kind=kind: spent.__setitem__(kind, spent[kind] + time.perf_counter()
+                                                                    - started[id(m)])))
+    logits, cache = forward_with_cache(model, prompt)
+    token = logits[:, -1:].argmax(-1)
+    per_step = {"head": [], "linears": [], "rest": []}
+    try:
+        for _ in range(steps - 1):
+            spent.update(head=0.0, linears=0.0)
+            start = time.perf_counter()
+            logits, cache = forward_with_cache(model, token, cache)
+            token = logits[:, -1:].argmax(-1)
+            total = time.perf_counter() - start
+            per_step["head"].append(spent["head"])
+            per_step["linears"].append(spent["linears"])
+            per_step["rest"].append(total - spent["head"] - spent["linears"])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {kind: summarize(values)["median"] * 1e3 for kind, values in per_step.items()}
 
 
 def kept_ids(folder: Path) -> list[int] | None:
@@ -222,7 +289,7 @@ def kept_ids(folder: Path) -> list[int] | None:
     return json.loads(record.read_text())["kept"] if record.is_file() else None
 
 
-def speed(dirs: dict[str, Path], set_name: str, steps: int, rounds: int) -> list[dict]:
+def speed(dirs: dict[str, Path], set_name: str, steps: int, rounds: int, quiet: float, patience: float) -> list[dict]:
     """Interleaved greedy decoding of dense, 2:4, trimmed, 2:4 + trimmed for one language set."""
     names = ["dense", "2:4", f"trimmed {set_name}", f"2:4 + trimmed {set_name}"]
     prompt_text = HELD_OUT[SETS[set_name][0]][0]
@@ -232,19 +299,27 @@ def speed(dirs: dict[str, Path], set_name: str, steps: int, rounds: int) -> list
         models[name] = (model, tokenizer(prompt_text, return_tensors="pt").input_ids)
         greedy(model, models[name][1], 4)  # warm-up: decode layouts, caches
     times = {name: [] for name in names}
+    busy = {name: [] for name in names}
     outputs = {}
     for r in range(rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
+            busy[name].append(wait_for_quiet(quiet, patience))
             ids, seconds = greedy(*models[name], steps)
-            times[name].append(seconds)
+            times[name] += seconds
             kept = kept_ids(dirs[name])
             outputs[name] = [kept[i] for i in ids] if kept else ids
+    breakdown = {}
+    for name in names:
+        wait_for_quiet(quiet, patience)
+        breakdown[name] = step_breakdown(*models[name], steps)
     rows = []
     for name in names:
         stats = summarize(times[name])
         untrimmed = "2:4" if name.startswith("2:4") else "dense"
-        row = {"set": set_name, "model": name, "tokens_per_s": (steps - 1) / stats["median"],
-               "samples_s": times[name], "vocab": models[name][0].config.vocab_size,
+        row = {"set": set_name, "model": name, "tokens_per_s": 1 / stats["median"],
+               "q1_q3_tokens_per_s": (1 / stats["q3"], 1 / stats["q1"]),
+               "samples_s": times[name], "busy_cores_before": busy[name], "step_ms": breakdown[name],
+               "vocab": models[name][0].config.vocab_size,
                "same_tokens_as_untrimmed": sum(a == b for a, b in zip(outputs[name], outputs[untrimmed]))}
         rows.append(row)
     dense = rows[0]["tokens_per_s"]
@@ -264,11 +339,19 @@ def peak_rss(folder: Path, prompt: str, steps: int, threads: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def vm_hwm_bytes() -> int:
+    """This process's peak resident memory since its exec (VmHWM; ru_maxrss would include the parent's peak,
+    which Linux carries over a fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def worker(folder: str, prompt: str, steps: int) -> None:
     model, tokenizer = load(Path(folder))
-    ids, seconds = greedy(model, tokenizer(prompt, return_tensors="pt").input_ids, steps)
-    print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                      "tokens_per_s": (steps - 1) / seconds}))
+    greedy(model, tokenizer(prompt, return_tensors="pt").input_ids, steps)
+    print(json.dumps({"peak_rss_bytes": vm_hwm_bytes()}))
 
 
 def markdown(record: dict) -> str:
@@ -289,13 +372,15 @@ def markdown(record: dict) -> str:
     if "speed" in record:
         lines += ["", "| checkpoint | safetensors MB |", "|---|---|"]
         lines += [f"| {name} | {size / 1e6:,.0f} |" for name, size in record["sizes"].items()]
-        lines += ["", "| set | model | vocab | decode tok/s | vs dense | peak RSS GiB | greedy tokens as untrimmed "
-                  "| load average |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| set | model | vocab | decode tok/s | vs dense | ms/step: LM head + decoder linears + rest "
+                  "| peak RSS GiB | greedy tokens as untrimmed | other jobs' cores |", "|" + "---|" * 9]
         for row in record["speed"]:
+            ms = row["step_ms"]
             lines.append(f"| {row['set']} | {row['model']} | {row['vocab']:,} | {row['tokens_per_s']:.1f} | "
-                         f"{row['speedup_vs_dense']:.2f}× | {row['peak_rss_bytes'] / 2**30:.2f} | "
+                         f"{row['speedup_vs_dense']:.2f}× | {ms['head']:.1f} + {ms['linears']:.1f} + {ms['rest']:.1f} | "
+                         f"{row['peak_rss_bytes'] / 2**30:.2f} | "
                          f"{row['same_tokens_as_untrimmed']}/{record['settings']['steps']} | "
-                         f"{row['load_average'][0]:.1f}–{row['load_average'][1]:.1f} |")
+                         f"{max(row['busy_cores_before']):.1f} |")
     return "\n".join(lines)
 
 
@@ -308,15 +393,14 @@ def speed_and_memory(model_dir: Path, args) -> dict:
         record["sizes"] = {"original (fp32)": safetensors_bytes(model_dir),
                            **{name: safetensors_bytes(folder) for name, folder in dirs.items()}}
         record["speed"] = []
-        for set_name in SETS:
+        for set_name in args.sets.split(":"):
             load_before = os.getloadavg()[0]
-            rows = speed(dirs, set_name, args.steps, args.rounds)
+            rows = speed(dirs, set_name, args.steps, args.rounds, args.quiet, args.patience)
             for row in rows:
                 row["load_average"] = (load_before, os.getloadavg()[0])
             for row in rows:
                 memory = peak_rss(dirs[row["model"]], HELD_OUT[SETS[set_name][0]][0], args.steps, args.threads)
                 row["peak_rss_bytes"] = memory["peak_rss_bytes"]
-                row["worker_tokens_per_s"] = memory["tokens_per_s"]
             record["speed"] += rows
     finally:
         if not args.workdir:
@@ -334,6 +418,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default=None,
                         help="where the checkpoints go, kept and reused by the next run (default: a temporary folder)")
     parser.add_argument("--stages", default="exactness,speed", help="exactness, speed or both")
+    parser.add_argument("--sets", default=":".join(SETS), help=f"language sets to time, ':'-separated ({':'.join(SETS)})")
+    parser.add_argument("--quiet", type=float, default=0.3,
+                        help="start a timed decode only when other processes use fewer cores than this")
+    parser.add_argument("--patience", type=float, default=90, help="seconds to wait for that at most")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--prompt", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -168,8 +168,8 @@ class TrimSummary:
 
 
 def _configs(folder: Path) -> list[dict]:
-    return [json.loads((folder / name).read_text(encoding="utf-8")) for name in ("config.json", "generation_config.json")
-            if (folder / name).is_file()]
+    names = ("config.json", "generation_config.json")
+    return [json.loads((folder / name).read_text(encoding="utf-8")) for name in names if (folder / name).is_file()]
 
 
 def _refuse_input_as_output(folder: Path, out: Path) -> None:
