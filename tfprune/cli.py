@@ -1,4 +1,4 @@
-"""The `tfprune` command line: prune | inspect | bench | eval | analyze."""
+"""The `tfprune` command line: prune | inspect | bench | eval | analyze | trim-vocab."""
 from __future__ import annotations
 
 import argparse
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="dense", choices=["dense", "compressed-tensors"],
                    help="dense: masked dense weights; compressed-tensors: 2:4 linears packed as sparse-24-bitmask "
                         "(needs --pattern 2:4; load with tfprune.from_pretrained)")
+    p.add_argument("--trim-vocab", default=None, metavar="LANGS",
+                   help="after pruning, keep only the tokens of these languages' scripts (e.g. de,fr,ru): "
+                        "see `tfprune trim-vocab`")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
 
     i = sub.add_parser("inspect", help="summarize a directory written by `tfprune prune`")
@@ -68,10 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     from . import analysis
     from .bench import command as bench_command
     from .evaluation import command as eval_command
+    from .vocab import command as vocab_command
 
     bench_command.add_parser(sub)
     eval_command.add_parser(sub)
     analysis.add_parser(sub)
+    vocab_command.add_parser(sub)
     for command in sub.choices.values():
         command.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     return parser
@@ -129,6 +134,7 @@ def _checkpoint_bytes(spec: str, dtype) -> int:
 
 
 def cmd_prune(args) -> int:
+    from . import vocab
     from .engine import prune
     from .io import save_pruned
     from .models import load_model, parse_device, parse_dtype
@@ -141,20 +147,30 @@ def cmd_prune(args) -> int:
         raise TfpruneError(f"--format compressed-tensors writes 2:4 weights: it needs --pattern 2:4, got {args.pattern}")
     inputs = _local_paths(args.model, args.calib, args.contrast, args.tokenizer)
     out = preflight_output(args.out, args.overwrite, inputs)
+    trim = _trim_options(args)
     calib = _calibration_source(args.calib, config.langs)
     contrast = _calibration_source(args.contrast, config.langs) if args.contrast else None
     extra = {"model": args.model, "calib": args.calib}
     if args.streaming or (args.streaming is None and _should_stream(args)):
-        return _cmd_prune_streaming(args, config, calib, contrast, inputs, extra)
+        return _cmd_prune_streaming(args, config, calib, contrast, inputs, extra, trim)
     check_free_space(out.parent, _checkpoint_bytes(args.model, dtype), f"the output {out.name}")
     model, tokenizer = load_model(args.model, dtype, str(device), tokenizer=args.tokenizer)
+    vocab_plan = trim and vocab.plan_for_model(model, tokenizer, trim)  # checked before pruning
     report = prune(model, tokenizer, config, calib=calib, contrast_calib=contrast, progress=not args.quiet)
+    if vocab_plan:
+        tokenizer, _ = vocab.trim_vocab(model, tokenizer, trim, vocab_plan)
     save_pruned(model, tokenizer, args.out, config, report, overwrite=args.overwrite, extra=extra,
-                format=args.format, inputs=inputs)
+                format=args.format, inputs=inputs, files=vocab_plan and vocab_plan.files())
     if not args.quiet:
         print(report.table())
     print(f"wrote {args.out}")
     return 0
+
+
+def _trim_options(args):
+    from .vocab import TrimOptions
+
+    return TrimOptions(args.trim_vocab) if args.trim_vocab else None
 
 
 def _should_stream(args) -> bool:
@@ -163,14 +179,14 @@ def _should_stream(args) -> bool:
     return should_stream(args.model, args.device, args.dtype)
 
 
-def _cmd_prune_streaming(args, config, calib, contrast, inputs, extra) -> int:
+def _cmd_prune_streaming(args, config, calib, contrast, inputs, extra, trim) -> int:
     from .engine.streaming import prune_streaming
 
     report, summary = prune_streaming(args.model, args.out, config, tokenizer=args.tokenizer, calib=calib,
                                       contrast_calib=contrast, device=args.device, dtype=args.dtype,
                                       max_memory=args.max_memory, shard_size=args.shard_size,
                                       output_format=args.format, overwrite=args.overwrite,
-                                      progress=not args.quiet, extra=extra, inputs=inputs)
+                                      progress=not args.quiet, extra=extra, inputs=inputs, trim_vocab=trim)
     if not args.quiet:
         print(report.table())
     print(summary.line())
@@ -203,11 +219,17 @@ def cmd_analyze(args) -> int:
     return run(args)
 
 
+def cmd_trim_vocab(args) -> int:
+    from .vocab.command import run
+
+    return run(args)
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     handler = {"prune": cmd_prune, "inspect": cmd_inspect, "bench": cmd_bench, "eval": cmd_eval,
-               "analyze": cmd_analyze}[args.command]
+               "analyze": cmd_analyze, "trim-vocab": cmd_trim_vocab}[args.command]
     try:
         return handler(args)
     except TfpruneError as error:  # bad input: one line, before anything was written

@@ -11,6 +11,7 @@ __all__ = [
     "RunMismatchError",
     "HessianError",
     "BackendError",
+    "VocabError",
 ]
 
 
@@ -52,3 +53,8 @@ class HessianError(TfpruneError):
 
 class BackendError(TfpruneError):
     """TFPRUNE_BACKEND asks for a backend that cannot run here (e.g. Triton without a GPU or interpreter)."""
+
+
+class VocabError(TfpruneError):
+    """Vocabulary trimming cannot be done safely: an unknown language, a script the tokenizer does not cover,
+    a tokenizer type or checkpoint layout tfprune cannot trim."""

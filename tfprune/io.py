@@ -18,10 +18,11 @@ def estimated_checkpoint_bytes(model) -> int:
 
 
 def save_pruned(model, tokenizer, out: str | Path, config=None, report=None, overwrite: bool = False,
-                extra: dict | None = None, format: str = "dense", inputs=()) -> Path:
+                extra: dict | None = None, format: str = "dense", inputs=(), files: dict[str, str] | None = None) -> Path:
     """Write model (safetensors), config, tokenizer and tfprune.json (config + report) to `out` atomically.
     format: 'dense' (masked dense weights) or 'compressed-tensors' (2:4 linears packed as sparse-24-bitmask,
-    see tfprune.sparse.checkpoint). inputs: paths the run read, which `out` may not touch (tfprune.outdir)."""
+    see tfprune.sparse.checkpoint). inputs: paths the run read, which `out` may not touch (tfprune.outdir).
+    files: {name: text} of further files to write there (e.g. tfprune-vocab.json)."""
     if format not in SAVE_FORMATS:
         raise TfpruneError(f"format must be one of {', '.join(SAVE_FORMATS)}, got {format!r}")
     with atomic_output_dir(out, overwrite, inputs, needed_bytes=estimated_checkpoint_bytes(model)) as tmp:
@@ -35,4 +36,6 @@ def save_pruned(model, tokenizer, out: str | Path, config=None, report=None, ove
             tokenizer.save_pretrained(tmp)
         write_marker(tmp, "prune", {"config": None if config is None else config.to_dict(),
                                     "report": None if report is None else report.to_dict(), **(extra or {})})
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
     return Path(out)

@@ -35,6 +35,7 @@ from ..errors import ConfigError, TfpruneError
 from ..outdir import OutputAppearedError, check_free_space, check_output_dir, commit_output_dir, write_marker
 from ..report import LayerReport, PruneReport
 from ..source import compressed_tensors_format, load_config, load_tokenizer, resolved_checkpoint
+from ..vocab.checkpoint import NoTrim, streaming_trim
 from .activations import ActivationStore, MemoryBudget, choose_tier, free_memory
 from .capture import arguments_nbytes, capture_layer_inputs, first_block_input, output_form
 from .checkpoint import DTYPES, INDEX_FILE, Checkpoint, ShardFiles, parse_size, plan_shards
@@ -130,7 +131,7 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
                     contrast_calib=None, *, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                     max_memory: str | MemoryBudget | None = None, shard_size: str | int = "5GB",
                     output_format: str = "dense", overwrite: bool = False, progress: bool = True,
-                    extra: dict | None = None, inputs=()) -> tuple[PruneReport, StreamingSummary]:
+                    extra: dict | None = None, inputs=(), trim_vocab=None) -> tuple[PruneReport, StreamingSummary]:
     """Prune the checkpoint `model` (a local Hugging Face directory with safetensors, a hub id or
     builtin:FAMILY) layer by layer into `out`, resuming a partial run of the same command.
 
@@ -139,7 +140,9 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
     max_memory: the activation budget ('40GiB' for the device, or 'device=40GiB,host=100GiB'; default: the
     free memory). shard_size: the most tensor bytes per output shard. output_format: 'dense' or
     'compressed-tensors' (2:4 linears as sparse-24-bitmask). inputs: other paths the run reads (calibration
-    files), which `out` may not touch (tfprune.outdir). Returns (PruneReport, StreamingSummary).
+    files), which `out` may not touch (tfprune.outdir). trim_vocab: a tfprune.vocab.TrimOptions to trim the
+    embeddings / LM head as they are copied (tfprune.vocab.streaming_trim). Returns (PruneReport,
+    StreamingSummary).
 
     The partial output `.{out}.tfprune-partial` is kept when the run is interrupted (rerun the same command to
     resume). When the run stops on bad input (TfpruneError: the fix changes the command or the checkpoint, so
@@ -178,20 +181,24 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
         if tokenizer is None or isinstance(tokenizer, (str, Path)):
             tokenizer = load_tokenizer(folder, tokenizer)
         streams = calibration_streams(tokenizer, config, calib, contrast_calib)
+        vocab = streaming_trim(trim_vocab, tokenizer, folder, skeleton,
+                               {name: info.shape for name, info in checkpoint.tensors.items()})
         specs = [spec for name in layout.non_layer + [k for keys in layout.layer_keys for k in keys]
-                 for spec in fmt.outputs(name, checkpoint.tensors[name].dtype, checkpoint.tensors[name].shape)]
+                 for spec in fmt.outputs(name, checkpoint.tensors[name].dtype,
+                                         vocab.planned_shape(name, checkpoint.tensors[name].shape))]
         plan = plan_shards(specs, shard_bytes)
         identity = {"tfprune": __version__, "model": source.identity,
                     "checkpoint": checkpoint.fingerprint(mtimes=not source.ephemeral),
                     "options": config.to_dict(), "calibration": _calibration_digest(streams),
                     "dtype": str(compute), "device": device.type, "format": output_format,
-                    "shard_size": shard_bytes, "plan": plan.digest()}
+                    "shard_size": shard_bytes, "plan": plan.digest(), **vocab.identity()}
         tmp = partial_dir(out)
         created = not tmp.exists()
         check_free_space(out.parent, sum(plan.sizes) - _allocated(tmp), f"the output shards of {out.name}")
         manifest = Manifest.open(tmp, identity)
         run = _Run(skeleton, checkpoint, layout, fmt, ShardFiles(tmp, plan), manifest, config, device, compute,
-                   budget, streams, StreamingSummary(layers=len(layout.layers), shards=len(plan.files)), progress)
+                   budget, streams, StreamingSummary(layers=len(layout.layers), shards=len(plan.files)), progress,
+                   vocab)
         try:
             report = run.execute()
             run.summary.seconds = report.seconds = time.perf_counter() - start
@@ -269,6 +276,7 @@ class _Run:
     streams: dict
     summary: StreamingSummary
     progress: bool
+    vocab: NoTrim
     store: ActivationStore | None = None
 
     def execute(self) -> PruneReport:
@@ -340,7 +348,7 @@ class _Run:
             return
         checksums, zeros, numel = {}, 0, 0
         for name in self.layout.non_layer:
-            tensor = self.checkpoint.load([name])[name]
+            tensor = self.vocab.apply(name, self.checkpoint.load([name])[name])
             self._write(name, tensor, checksums)
             z, n = self._zeros(name, tensor)
             zeros, numel = zeros + z, numel + n
@@ -538,6 +546,7 @@ class _Run:
             (tmp / "config.json").write_text(config_text, encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        self.vocab.finish(tmp)
         write_marker(tmp, "prune", {"config": self.config.to_dict(), "report": report.to_dict(),
                                     "streaming": asdict(self.summary), "format": self.fmt.name, **(extra or {})})
         self.manifest.release()
