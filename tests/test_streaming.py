@@ -79,13 +79,18 @@ def test_streaming_is_bit_identical_to_in_memory(family, tmp_path):
     assert not partial_dir(tmp_path / "out").exists() and not (tmp_path / "out" / MANIFEST_FILE).exists()
 
 
-@pytest.mark.parametrize("tier", [None, "device=1KB,host=1GiB"])
-def test_block_reconstruction_streams_to_the_same_weights(tmp_path, tier):
-    checkpoint = save_checkpoint(tmp_path / "ckpt", "qwen2", layers=3)
+@pytest.mark.parametrize("tier, dtype", [(None, torch.float32), ("device=1KB,host=1GiB", torch.float32),
+                                         (None, torch.bfloat16)])
+def test_block_reconstruction_streams_to_the_same_weights(tmp_path, tier, dtype):
+    """The fitted norms are written too (in bf16 the block's tensors are no longer the ones read)."""
+    checkpoint = save_checkpoint(tmp_path / "ckpt", "qwen2", layers=3, dtype=dtype)
     config = PruneConfig(**TINY, pattern="2:4", reconstruct=6, reconstruct_lr=1e-3)
     report, summary = prune_streaming(str(checkpoint), tmp_path / "out", config, progress=False, max_memory=tier)
     assert summary.tier == ("device" if tier is None else "disk")  # on a CPU the next tier is the scratch file
-    assert_same(output_tensors(tmp_path / "out"), in_memory(checkpoint, config), checkpoint)
+    streamed, original = output_tensors(tmp_path / "out"), Checkpoint(checkpoint)
+    assert_same(streamed, in_memory(checkpoint, config), checkpoint)
+    norm = "model.layers.1.input_layernorm.weight"
+    assert not torch.equal(streamed[norm], original.load([norm])[norm])  # fitted, and written
     assert [r["index"] for r in report.reconstruction] == [0, 1, 2]
 
 

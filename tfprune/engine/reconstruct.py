@@ -22,7 +22,7 @@ from ..errors import NonFiniteActivationError
 from .capture import run_block
 from .discovery import targets
 
-__all__ = ["BlockReconstruction", "reconstruct_block_", "relative_error"]
+__all__ = ["BlockReconstruction", "reconstruct_block_", "relative_error", "fitted_parameter_names"]
 
 log = logging.getLogger("tfprune")
 
@@ -39,30 +39,32 @@ class BlockReconstruction:
     seconds: float
 
 
-def _float32(value):
-    """A batch's tensors (LayerInput fields, nested arguments) with floating point ones in float32."""
+def _cast(value, dtype: torch.dtype):
+    """A batch's tensors (LayerInput fields, nested arguments) with the floating point ones in `dtype`."""
     if isinstance(value, torch.Tensor):
-        return value.float() if value.is_floating_point() else value
+        return value.to(dtype) if value.is_floating_point() else value
     if isinstance(value, (tuple, list)):
-        return type(value)(_float32(item) for item in value)
+        return type(value)(_cast(item, dtype) for item in value)
     if isinstance(value, dict):
-        return {key: _float32(item) for key, item in value.items()}
+        return {key: _cast(item, dtype) for key, item in value.items()}
     return value
 
 
-def _batch(inputs, i: int):
+def _batch(inputs, i: int, dtype: torch.dtype):
+    """Batch i of `inputs` in the dtype of the block that runs it (float32 while fitting, else its own)."""
     item = inputs[i]
-    if item.hidden.dtype == torch.float32:
+    if item.hidden.dtype == dtype:
         return item
-    return replace(item, hidden=item.hidden.float(), arguments=_float32(item.arguments))
+    return replace(item, hidden=item.hidden.to(dtype), arguments=_cast(item.arguments, dtype))
 
 
 @torch.no_grad()
 def relative_error(block: nn.Module, index: int, inputs, goals: list[torch.Tensor]) -> float:
     """Σ‖block(X) − Y‖² / Σ‖Y‖² over the real tokens of every batch (float64 sums)."""
     error = norm = 0.0
+    dtype = next(block.parameters()).dtype
     for i in range(len(inputs)):
-        item = _batch(inputs, i)
+        item = _batch(inputs, i, dtype)
         output = run_block(block, item, index).float()
         real = item.token_mask.reshape(output.shape[:2])
         goal = goals[i].to(output.device).float()
@@ -71,9 +73,21 @@ def relative_error(block: nn.Module, index: int, inputs, goals: list[torch.Tenso
     return error / max(norm, 1e-30)
 
 
+def _norm_modules(block: nn.Module) -> dict[str, nn.Module]:
+    """{name: module} of the block's normalization layers that have a weight (LayerNorm, RMSNorm, ...)."""
+    return {name: module for name, module in block.named_modules()
+            if "norm" in type(module).__name__.lower() and isinstance(getattr(module, "weight", None), nn.Parameter)}
+
+
 def _norm_weights(block: nn.Module) -> list[nn.Parameter]:
-    return [module.weight for module in block.modules()
-            if "norm" in type(module).__name__.lower() and isinstance(getattr(module, "weight", None), nn.Parameter)]
+    return [module.weight for module in _norm_modules(block).values()]
+
+
+def fitted_parameter_names(block: nn.Module) -> set[str]:
+    """Names (relative to the block) of the parameters reconstruct_block_ changes: the pruned matrices and the
+    normalization weights (what a writer must take from the block rather than from the checkpoint)."""
+    return ({target.parameter_name for target in targets(block).values()}
+            | {f"{name}.weight" for name in _norm_modules(block)})
 
 
 def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.Tensor], steps: int,
@@ -99,7 +113,7 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
         with torch.enable_grad():
             for step in range(steps):
                 i = step % len(inputs)
-                item = _batch(inputs, i)
+                item = _batch(inputs, i, torch.float32)
                 output = run_block(block, item, index).float()
                 real = item.token_mask.reshape(output.shape[:2])
                 goal = goals[i].to(output.device).float()[real]

@@ -41,6 +41,7 @@ from .capture import arguments_nbytes, capture_layer_inputs, first_block_input, 
 from .checkpoint import DTYPES, INDEX_FILE, Checkpoint, ShardFiles, parse_size, plan_shards
 from .discovery import decoder_layers, targets
 from .manifest import Manifest, partial_dir
+from .reconstruct import fitted_parameter_names
 from .sequential import (block_outlier_ratio, calibration_streams, check_prunable, effective_batch_size,
                          forward_block, prune_block)
 from .skeleton import Layout, build_skeleton, free, layer_bytes, materialize, pre_layer_weights, working_bytes
@@ -455,7 +456,8 @@ class _Run:
                 with summary.phase("prune"):
                     result = prune_block(block, index, self.store, config, sparsities[index], seed)
                 with summary.phase("write"):
-                    checksums, zeros, numel = self._write_layer(block, index, tensors)
+                    checksums, zeros, numel = self._write_layer(block, index, tensors,
+                                                                fitted=result.reconstruction is not None)
                     del tensors
                 with summary.phase("forward"):
                     forward_block(block, index, self.store)
@@ -477,14 +479,15 @@ class _Run:
         finally:
             bar.close()
 
-    def _write_layer(self, block, index: int, tensors: dict) -> tuple[dict, int, int]:
-        """Write one pruned layer: the groups holding pruned weights from the block (in their checkpoint dtype,
-        mapped back to the checkpoint's layout, packed by the format), every other tensor as read. The block
-        keeps what a resumed run will read back (the dtype round trip, the packing round trip) for its output
-        forward."""
+    def _write_layer(self, block, index: int, tensors: dict, fitted: bool = False) -> tuple[dict, int, int]:
+        """Write one pruned layer: the groups holding pruned weights (and, when the block was reconstructed
+        (`fitted`), its normalization weights) from the block (in their checkpoint dtype, mapped back to the
+        checkpoint's layout, packed by the format), every other tensor as read. The block keeps what a resumed
+        run will read back (the dtype round trip, the packing round trip) for its output forward."""
         layout = self.layout
         prefix = f"{layout.path}.{index}."
-        pruned = {prefix + target.parameter_name for target in targets(block).values()}
+        names = fitted_parameter_names(block) if fitted else {t.parameter_name for t in targets(block).values()}
+        pruned = {prefix + name for name in names}
         params = block.state_dict(keep_vars=True)
         written = {key: tensors[key] for key in layout.passthrough[index]}
         values: dict[str, torch.Tensor] = {}  # pruned model tensors, cast to their checkpoint dtype
