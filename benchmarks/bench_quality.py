@@ -35,17 +35,19 @@ from tfprune.models import load_model
 CALIB_SENTENCES = 56  # of the built-in corpus's 72 per language; the last 16 are held out
 SHOTS = 4
 PATTERNS = {"2:4": dict(pattern="2:4"), "50%": dict(sparsity=0.5)}
-# label -> (PruneConfig options, calibration stream, contrast stream or None)
+# label -> (PruneConfig options, calibration stream, contrast stream or None); one-shot variants without
+# reconstruction (tfprune's default for N:M turns it on), which `--options reconstruct=64` adds to any of them
+ONE_SHOT = dict(reconstruct=0)
 VARIANTS = {
-    "magnitude": (dict(method="magnitude"), "translation", None),
-    "wanda": (dict(method="wanda"), "translation", None),
-    "wanda-english": (dict(method="wanda"), "english", None),
-    "wanda-monolingual": (dict(method="wanda"), "monolingual", None),
-    "contrastive": (dict(method="contrastive"), "translation", "monolingual"),
-    "wanda+obs": (dict(method="wanda", update="obs"), "translation", None),
-    "sparsegpt": (dict(method="sparsegpt"), "translation", None),
-    "ria": (dict(method="ria"), "translation", None),
-    "wanda-all-directions": (dict(method="wanda"), "all-directions", None),
+    "magnitude": (dict(method="magnitude", **ONE_SHOT), "translation", None),
+    "wanda": (dict(method="wanda", **ONE_SHOT), "translation", None),
+    "wanda-english": (dict(method="wanda", **ONE_SHOT), "english", None),
+    "wanda-monolingual": (dict(method="wanda", **ONE_SHOT), "monolingual", None),
+    "contrastive": (dict(method="contrastive", **ONE_SHOT), "translation", "monolingual"),
+    "wanda+obs": (dict(method="wanda", update="obs", **ONE_SHOT), "translation", None),
+    "sparsegpt": (dict(method="sparsegpt", **ONE_SHOT), "translation", None),
+    "ria": (dict(method="ria", **ONE_SHOT), "translation", None),
+    "wanda-all-directions": (dict(method="wanda", **ONE_SHOT), "all-directions", None),
     "wanda+reconstruct": (dict(method="wanda", reconstruct=64, reconstruct_lr=1e-4), "translation", None),
 }
 
@@ -167,16 +169,16 @@ def markdown(record: dict) -> str:
     """The table of benchmarks/README.md: one row per run."""
     sets = list(record["dense"])
     langs = list(record["dense"]["heldout"])
-    head = ("| pattern | variant | calib | " + " | ".join(f"{name} non-En | {name} En" for name in sets) + " | "
-            + " | ".join(langs) + " | prune s |")
+    head = ("| pattern | variant | calib | tokens | " + " | ".join(f"{name} non-En | {name} En" for name in sets)
+            + " | " + " | ".join(langs) + " | prune s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in record["runs"]:
         s, r = row["summary"], row["summary"]["heldout"]["ratios"]
-        lines.append(f"| {row['pattern']} | {row['variant']} | {row['stream']} | "
+        lines.append(f"| {row['pattern']} | {row['variant']} | {row['stream']} | {row['calibration_tokens']} | "
                      + " | ".join(f"{s[name]['non_english']:.2f}× | {s[name]['english']:.2f}×" for name in sets)
                      + " | " + " | ".join(f"{r[lang]:.2f}" for lang in langs) + f" | {row['prune_seconds']:.0f} |")
     dense = record["dense"]["heldout"]
-    lines.append("| – | dense ppl | – | " + " | ".join("– | –" for _ in sets) + " | "
+    lines.append("| – | dense ppl | – | – | " + " | ".join("– | –" for _ in sets) + " | "
                  + " | ".join(f"{dense[lang]:.1f}" for lang in langs) + " | – |")
     return "\n".join(lines)
 
@@ -216,9 +218,23 @@ def parse_options(text: str) -> dict:
     return options
 
 
+def merge(paths: list[str]) -> dict:
+    """One record of the runs of several quality.json records (runs made piece by piece, each its own command),
+    in the order given; they must share the dense perplexities, and the table keeps the sets all of them have."""
+    records = [json.loads(Path(path).read_text()) for path in paths]
+    sets = [name for name in records[0]["dense"] if all(name in record["dense"] for record in records)]
+    for path, record in zip(paths, records):
+        if any(record["dense"][name] != records[0]["dense"][name] for name in sets):
+            raise SystemExit(f"{path}: other dense perplexities than {paths[0]} (another model or sets)")
+    return {**records[0], "dense": {name: records[0]["dense"][name] for name in sets},
+            "runs": [run for record in records for run in record["runs"]], "merged_from": list(paths)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", help="the model directory (or --merge)")
+    parser.add_argument("--merge", nargs="+", metavar="QUALITY_JSON",
+                        help="instead of running: one table and figure of these records' runs")
     parser.add_argument("--patterns", default="2:4,50%")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--budget", type=int, default=5120, help="calibration tokens per run")
@@ -229,8 +245,13 @@ def main() -> None:
     parser.add_argument("--options", default="", help="PruneConfig overrides for every variant: KEY=VALUE,...")
     parser.add_argument("--out", default="bench-out/quality", help="folder for quality.json, quality.png")
     args = parser.parse_args()
-    record = run(args.model, args.patterns.split(","), args.variants.split(","), args.budget, args.seqlen,
-                 args.seed, args.dtype, args.sets.split(","), parse_options(args.options))
+    if args.merge:
+        record = merge(args.merge)
+    elif args.model:
+        record = run(args.model, args.patterns.split(","), args.variants.split(","), args.budget, args.seqlen,
+                     args.seed, args.dtype, args.sets.split(","), parse_options(args.options))
+    else:
+        parser.error("give --model DIR, or --merge QUALITY_JSON...")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(record, indent=1))

@@ -14,8 +14,10 @@ else
   echo "demo: the real model is not at $REAL and could not be built (no package index?): using the built-in toy model builtin:llama instead"
   MODEL=builtin:llama
 fi
-echo "== 1/3 prune $MODEL to 2:4 (wanda on translation demonstrations)"
-"$TFPRUNE" prune "$MODEL" --out demo-out --overwrite --pattern 2:4 --nsamples 32 --seqlen 256
+echo "== 1/3 prune $MODEL to 2:4 (wanda on translation demonstrations, then block-wise reconstruction: 16 steps"
+echo "   of 512 tokens per block to stay within minutes; the default, 64 steps per batch, is better and ~5x longer)"
+"$TFPRUNE" prune "$MODEL" --out demo-out --overwrite --pattern 2:4 --nsamples 32 --seqlen 256 \
+  --reconstruct 16 --batch-size 2
 "$TFPRUNE" inspect demo-out | tail -1
 echo "== 2/3 perplexity per language on held-out sentences, 2:4 vs dense"
 "$TFPRUNE" eval demo-out --baseline "$MODEL" --tasks "" --ppl heldout --ppl-n 24 --out demo-out-eval.json --overwrite

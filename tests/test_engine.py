@@ -153,7 +153,7 @@ def test_block_reconstruction_fits_the_dense_block_and_keeps_the_pattern(tiny_mo
     dense = copy.deepcopy(block)
     goals = [run_block(dense, store[i], 0) for i in range(len(store))]  # independent of the engine's recording
     plain = copy.deepcopy(block)
-    prune_block(plain, 0, store, PruneConfig(pattern="2:4", **SMALL), 0.5, 0)  # the same masks, no fitting
+    prune_block(plain, 0, store, PruneConfig(pattern="2:4", reconstruct=0, **SMALL), 0.5, 0)  # same masks, no fit
     result = prune_block(block, 0, store, config, 0.5, 0)
     rec = result.reconstruction
     assert rec is not None and rec.steps == 30
@@ -167,3 +167,15 @@ def test_block_reconstruction_fits_the_dense_block_and_keeps_the_pattern(tiny_mo
         assert not torch.signbit(weight[weight == 0]).any()  # +0.0
     report = tfprune.prune(*tiny_model("llama"), config, progress=False)
     assert [r["index"] for r in report.reconstruction] == [0, 1] and "block reconstruction" in report.table()
+
+
+def test_reconstruction_is_the_default_for_nm_patterns_only():
+    """The quality benchmark's best 2:4 (benchmarks/README.md): reconstruction on by default for N:M, off for
+    unstructured and for the calibration-free baselines; an explicit number always wins."""
+    assert PruneConfig(pattern="2:4").reconstruct == 64 and PruneConfig(pattern="4:8", method="ria").reconstruct == 64
+    assert PruneConfig(pattern="2:4", method="sparsegpt").reconstruct == 64
+    assert PruneConfig().reconstruct == 0 and PruneConfig(sparsity=0.7).reconstruct == 0
+    assert PruneConfig(pattern="2:4", method="magnitude").reconstruct == 0
+    assert PruneConfig(pattern="2:4", reconstruct=0).reconstruct == 0
+    assert PruneConfig(sparsity=0.5, reconstruct=8).reconstruct == 8
+    assert PruneConfig(**PruneConfig(pattern="2:4").to_dict()).reconstruct == 64  # a record replays as run

@@ -28,9 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="obs: SparseGPT's OBS weight update after masking (default: obs for sparsegpt, else none)")
     p.add_argument("--dampening", type=float, default=0.01, help="OBS: fraction of mean(diag H) added to diag H")
     p.add_argument("--blocksize", type=int, default=128, help="OBS: columns per block (N:M: rounded down to a multiple of M)")
-    p.add_argument("--reconstruct", type=int, default=0, metavar="STEPS",
+    p.add_argument("--reconstruct", type=int, default=None, metavar="STEPS",
                    help="block-wise reconstruction: Adam steps per decoder block fitting the kept weights (masks "
-                        "fixed) to the dense block's outputs (default 0: off)")
+                        "fixed) to the dense block's outputs; 0: off (default: 64 for N:M patterns except "
+                        "magnitude/random, else 0)")
     p.add_argument("--reconstruct-lr", type=float, default=1e-4, help="its learning rate")
     p.add_argument("--sparsity", type=float, default=None, help="fraction pruned per row (default 0.5; N:M fixes it)")
     p.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M, e.g. 2:4")

@@ -4,8 +4,9 @@ block's output back to the dense block's on the calibration activations.
 For block i, X are the calibration batches at its input (what the pruned blocks before it produce) and Y the
 dense block's output on them (recorded while its statistics were collected, before pruning). Adam minimizes the
 relative squared error Σ‖B̃(X) − Y‖² / Σ‖Y‖² over the real tokens (padding excluded), one batch per step in turn,
-updating only the kept weights of the block's pruned matrices (their gradients are masked and the pruned weights
-reset to +0.0 after every step, so the N:M / per-row pattern stays exact) and the block's normalization weights.
+updating only the kept weights of the block's pruned matrices (their gradients are masked, so Adam's moments and
+steps of the pruned weights stay zero, and they are reset to +0.0 after the cast back: the N:M / per-row pattern
+stays exact) and the block's normalization weights.
 The block is optimized in float32 whatever its dtype and cast back. Memory: one block's autograd state for one
 batch, plus Adam's two moments of the block's weights; the targets Y are one more copy of the activations.
 """
@@ -108,7 +109,7 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = torch.optim.Adam(params, lr=lr, fused=True)  # one kernel for all parameters (CPU and CUDA)
     try:
         with torch.enable_grad():
             for step in range(steps):
@@ -122,10 +123,7 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
                 loss.backward()
                 for p, keep in zip(matrices, keeps):
                     p.grad.masked_fill_(~keep, 0.0)
-                optimizer.step()
-                with torch.no_grad():
-                    for p, keep in zip(matrices, keeps):
-                        p.masked_fill_(~keep, 0.0)
+                optimizer.step()  # a pruned weight has had only zero gradients: Adam leaves it at +0.0
     finally:
         for p in block.parameters():
             p.requires_grad_(flags.get(id(p), False))
