@@ -28,8 +28,10 @@ from tfprune import PruneConfig, prune
 from tfprune.calib import CalibrationSet, ParallelCorpus, builtin_corpus, tokenize_prompts, translation_prompts
 from tfprune.calib.corpus import language_name
 from tfprune.calib.prompts import MONO_TEMPLATE, monolingual_prompts
+from tfprune.evaluation.runner import EvalConfig, evaluate_task, load_task_data
 from tfprune.evaluation.scoring import perplexity
-from tfprune.evaluation.shipped import heldout_corpus
+from tfprune.evaluation.tasks import TASKS
+from tfprune.evaluation.shipped import heldout_corpus, task_data_dir
 from tfprune.models import load_model
 
 CALIB_SENTENCES = 56  # of the built-in corpus's 72 per language; the last 16 are held out
@@ -114,6 +116,21 @@ def evaluate(model, tokenizer, sets) -> dict[str, dict[str, float]]:
             for name, per_lang in sets.items()}
 
 
+def task_data(names) -> dict:
+    """{task: {lang: examples}} of the shipped zero-shot task sets (tfprune/evaluation/data), all examples."""
+    if not names:
+        return {}
+    config = EvalConfig(tasks=tuple(names), n=None, data=str(task_data_dir()), ppl=None)
+    return load_task_data(config)
+
+
+@torch.no_grad()
+def zero_shot(model, tokenizer, data: dict) -> dict[str, dict[str, float]]:
+    """Accuracy per task and language (tfprune eval's scoring: the label with the best mean log-probability)."""
+    return {name: {lang: evaluate_task(model, tokenizer, TASKS[name], examples)["accuracy"]
+                   for lang, examples in per_lang.items()} for name, per_lang in data.items()}
+
+
 def geomean(values) -> float:
     values = list(values)
     return math.exp(sum(math.log(v) for v in values) / len(values))
@@ -130,15 +147,18 @@ def summarize(ppl: dict, dense: dict) -> dict:
 
 
 def run(model_dir: str, patterns, variants, budget: int, seqlen: int, seed: int, dtype: str | None,
-        set_names=("heldout",), overrides: dict | None = None) -> dict:
+        set_names=("heldout",), overrides: dict | None = None, task_names=()) -> dict:
     dense_model, tokenizer = load_model(model_dir, dtype)
     sets = evaluation_sets(set_names)
+    tasks = task_data(task_names)
     started = time.perf_counter()
     dense = evaluate(dense_model, tokenizer, sets)
     record = {"model": model_dir, "budget_tokens": budget, "seqlen": seqlen, "seed": seed, "shots": SHOTS,
               "calib_sentences": CALIB_SENTENCES, "machine": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "dense": dense,
               "dense_seconds": time.perf_counter() - started, "runs": []}
+    if tasks:
+        record["dense_tasks"] = zero_shot(dense_model, tokenizer, tasks)
     print(f"dense: {json.dumps({k: {l: round(v, 2) for l, v in d.items()} for k, d in dense.items()})}", flush=True)
     for pattern in patterns:
         for label in variants:
@@ -155,6 +175,8 @@ def run(model_dir: str, patterns, variants, budget: int, seqlen: int, seed: int,
             row = {"pattern": pattern, "variant": label + suffix, "stream": stream, "config": config.to_dict(),
                    "calibration_tokens": report.calibration_tokens, "prune_seconds": seconds, "ppl": ppl,
                    "summary": summarize(ppl, dense)}
+            if tasks:
+                row["tasks"] = zero_shot(model, tokenizer, tasks)
             record["runs"].append(row)
             scores = " | ".join(f"{name} non-en {v['non_english']:7.2f}x en {v['english']:7.2f}x"
                                 for name, v in row["summary"].items())
@@ -180,6 +202,23 @@ def markdown(record: dict) -> str:
     dense = record["dense"]["heldout"]
     lines.append("| – | dense ppl | – | – | " + " | ".join("– | –" for _ in sets) + " | "
                  + " | ".join(f"{dense[lang]:.1f}" for lang in langs) + " | – |")
+    if "dense_tasks" in record:
+        lines += ["", task_markdown(record)]
+    return "\n".join(lines)
+
+
+def task_markdown(record: dict) -> str:
+    """Zero-shot accuracy (%) per task and language, dense and each run that measured it."""
+    rows = [("dense", "–", record["dense_tasks"])] + [(row["variant"], row["pattern"], row["tasks"])
+                                                      for row in record["runs"] if "tasks" in row]
+    columns = [(task, lang) for task, per_lang in record["dense_tasks"].items() for lang in per_lang]
+    head = "| pattern | variant | " + " | ".join(f"{task} {lang}" for task, lang in columns) + " | non-En mean |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for variant, pattern, accuracy in rows:
+        values = [accuracy[task][lang] for task, lang in columns]
+        non_english = [accuracy[task][lang] for task, lang in columns if lang != "en"]
+        lines.append(f"| {pattern} | {variant} | " + " | ".join(f"{100 * v:.1f}" for v in values)
+                     + f" | {100 * sum(non_english) / len(non_english):.1f} |")
     return "\n".join(lines)
 
 
@@ -197,11 +236,12 @@ def plot(record: dict, path: Path) -> Path:
         x = range(len(rows))
         ax.bar([i - 0.2 for i in x], [r["summary"]["heldout"]["non_english"] for r in rows], 0.4, label="non-English")
         ax.bar([i + 0.2 for i in x], [r["summary"]["heldout"]["english"] for r in rows], 0.4, label="English")
-        ax.set_xticks(list(x), [r["variant"] for r in rows], rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(list(x), [f"{r['variant']} ({r['calibration_tokens'] / 1000:.1f}k)" for r in rows],
+                      rotation=30, ha="right", fontsize=8)
         ax.set_yscale("log")
         ax.axhline(1, color="k", lw=0.5)
         ax.set_ylabel("held-out perplexity, pruned / dense")
-        ax.set_title(f"{pattern}, {record['budget_tokens']} calibration tokens")
+        ax.set_title(f"{pattern} (calibration tokens in brackets)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -226,8 +266,12 @@ def merge(paths: list[str]) -> dict:
     for path, record in zip(paths, records):
         if any(record["dense"][name] != records[0]["dense"][name] for name in sets):
             raise SystemExit(f"{path}: other dense perplexities than {paths[0]} (another model or sets)")
-    return {**records[0], "dense": {name: records[0]["dense"][name] for name in sets},
-            "runs": [run for record in records for run in record["runs"]], "merged_from": list(paths)}
+    merged = {**records[0], "dense": {name: records[0]["dense"][name] for name in sets},
+              "runs": [run for record in records for run in record["runs"]], "merged_from": list(paths)}
+    dense_tasks = next((record["dense_tasks"] for record in records if "dense_tasks" in record), None)
+    if dense_tasks is not None:
+        merged["dense_tasks"] = dense_tasks
+    return merged
 
 
 def main() -> None:
@@ -242,6 +286,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--sets", default="heldout", help="heldout (other domains), corpus (built-in's held-out part)")
+    parser.add_argument("--tasks", default="", help="zero-shot accuracy on the shipped task sets too: xnli,marc2")
     parser.add_argument("--options", default="", help="PruneConfig overrides for every variant: KEY=VALUE,...")
     parser.add_argument("--out", default="bench-out/quality", help="folder for quality.json, quality.png")
     args = parser.parse_args()
@@ -249,7 +294,8 @@ def main() -> None:
         record = merge(args.merge)
     elif args.model:
         record = run(args.model, args.patterns.split(","), args.variants.split(","), args.budget, args.seqlen,
-                     args.seed, args.dtype, args.sets.split(","), parse_options(args.options))
+                     args.seed, args.dtype, args.sets.split(","), parse_options(args.options),
+                     [name for name in args.tasks.split(",") if name])
     else:
         parser.error("give --model DIR, or --merge QUALITY_JSON...")
     out = Path(args.out)
