@@ -26,9 +26,9 @@ from tfprune.sparsegpt import factorize, sparsegpt_prune_
 
 VARIANTS = {  # label -> PruneConfig options (None = dense)
     "dense": None,
-    "wanda-2:4": dict(method="wanda", pattern="2:4"),
-    "wanda-2:4+obs": dict(method="wanda", pattern="2:4", update="obs"),
-    "sparsegpt-2:4": dict(method="sparsegpt", pattern="2:4"),
+    "wanda-2:4": dict(method="wanda", pattern="2:4", reconstruct=0),  # one-shot: the N:M default reconstructs
+    "wanda-2:4+obs": dict(method="wanda", pattern="2:4", update="obs", reconstruct=0),
+    "sparsegpt-2:4": dict(method="sparsegpt", pattern="2:4", reconstruct=0),
 }
 
 

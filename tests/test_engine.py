@@ -179,3 +179,25 @@ def test_reconstruction_is_the_default_for_nm_patterns_only():
     assert PruneConfig(pattern="2:4", reconstruct=0).reconstruct == 0
     assert PruneConfig(sparsity=0.5, reconstruct=8).reconstruct == 8
     assert PruneConfig(**PruneConfig(pattern="2:4").to_dict()).reconstruct == 64  # a record replays as run
+
+
+def test_reconstruction_restores_every_tensor_to_its_own_dtype(tiny_model):
+    """A bf16 block with a float32 buffer (rotary frequencies, fp32-kept modules): fitted in float32, then each
+    tensor is cast back to its own dtype, not all to the first parameter's."""
+    from tfprune.engine.activations import ActivationStore
+    from tfprune.engine.capture import capture_layer_inputs, run_block
+    from tfprune.engine.reconstruct import reconstruct_block_
+
+    model, tokenizer = tiny_model("llama")
+    model.to(torch.bfloat16)
+    config = PruneConfig(pattern="2:4", reconstruct=0, **SMALL)
+    store = ActivationStore("device", torch.device("cpu"))
+    for item in capture_layer_inputs(model, build_calibration(None, tokenizer, config), "translation", 4):
+        store.append(item)
+    block = decoder_layers(model)[0]
+    block.mlp.register_buffer("probe", torch.linspace(0, 1, 7, dtype=torch.float32))
+    with torch.no_grad():
+        goals = [run_block(block, store[i], 0) for i in range(len(store))]
+    reconstruct_block_(block, 0, store, goals, 3, 1e-3)
+    assert block.mlp.probe.dtype == torch.float32 and torch.equal(block.mlp.probe, torch.linspace(0, 1, 7))
+    assert {p.dtype for p in block.parameters()} == {torch.bfloat16}

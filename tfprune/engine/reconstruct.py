@@ -7,8 +7,9 @@ relative squared error Σ‖B̃(X) − Y‖² / Σ‖Y‖² over the real tokens
 updating only the kept weights of the block's pruned matrices (their gradients are masked, so Adam's moments and
 steps of the pruned weights stay zero, and they are reset to +0.0 after the cast back: the N:M / per-row pattern
 stays exact) and the block's normalization weights.
-The block is optimized in float32 whatever its dtype and cast back. Memory: one block's autograd state for one
-batch, plus Adam's two moments of the block's weights; the targets Y are one more copy of the activations.
+The block is optimized in float32 whatever its dtype and cast back, each tensor to its own dtype. Memory: the
+float32 block, its gradients and Adam's two moments (16 bytes per weight, counted by the streaming engine's
+plan), one batch's autograd state (not counted), and the targets Y, one more copy of the activations.
 """
 from __future__ import annotations
 
@@ -84,6 +85,30 @@ def _norm_weights(block: nn.Module) -> list[nn.Parameter]:
     return [module.weight for module in _norm_modules(block).values()]
 
 
+def _tensor_dtypes(block: nn.Module) -> dict[str, torch.dtype]:
+    """The dtype of every parameter and buffer of the block, by name (a block may mix them: float32 rotary
+    inv_freq or norms beside bf16 weights)."""
+    return {name: t.dtype for name, t in [*block.named_parameters(), *block.named_buffers()]}
+
+
+def _restore_dtypes(block: nn.Module, dtypes: dict[str, torch.dtype]) -> None:
+    """Cast the block back to the dtype of its first parameter (nn.Module.to: gradients' dtypes follow), and
+    every parameter or buffer recorded with another dtype (by _tensor_dtypes) to its own, from its float32
+    value (not through the first parameter's dtype)."""
+    main = next(iter(dtypes.values()))
+    others = {name: t for name, t in [*block.named_parameters(), *block.named_buffers()] if dtypes[name] != main}
+    kept = {name: t.detach().clone() for name, t in others.items()}
+    block.to(main)
+    for name, param in block.named_parameters():
+        if name in kept:
+            param.data = kept[name].to(dtypes[name])
+    for module_name, module in block.named_modules():
+        for key in list(module._buffers):
+            name = f"{module_name}.{key}" if module_name else key
+            if name in kept:
+                module._buffers[key] = kept[name].to(dtypes[name])
+
+
 def fitted_parameter_names(block: nn.Module) -> set[str]:
     """Names (relative to the block) of the parameters reconstruct_block_ changes: the pruned matrices and the
     normalization weights (what a writer must take from the block rather than from the checkpoint)."""
@@ -97,14 +122,15 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
     `inputs` (an ActivationStore or list of LayerInput) approach `goals` ([B, T, H] per batch: the dense block's
     outputs on the same inputs). Returns the errors before and after."""
     start = time.perf_counter()
-    matrices = [getattr(target.module, target.param) for target in targets(block).values()]
+    # fused experts: one 3-D parameter is the matrix of several targets; each parameter is fitted once
+    matrices = list({id(p): p for p in (getattr(t.module, t.param) for t in targets(block).values())}.values())
     params = list({id(p): p for p in matrices + _norm_weights(block)}.values())
     keeps = [p.data != 0 for p in matrices]
-    dtype = next(block.parameters()).dtype
-    flags = {id(p): p.requires_grad for p in block.parameters()}
-    block.float()
     with torch.no_grad():
         before = relative_error(block, index, inputs, goals)
+    dtypes = _tensor_dtypes(block)
+    flags = {id(p): p.requires_grad for p in block.parameters()}
+    block.float()
     for p in block.parameters():
         p.requires_grad_(False)
     for p in params:
@@ -122,12 +148,13 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 for p, keep in zip(matrices, keeps):
-                    p.grad.masked_fill_(~keep, 0.0)
+                    if p.grad is not None:  # None: an expert no token of this batch was routed to
+                        p.grad.masked_fill_(~keep, 0.0)
                 optimizer.step()  # a pruned weight has had only zero gradients: Adam leaves it at +0.0
     finally:
         for p in block.parameters():
             p.requires_grad_(flags.get(id(p), False))
-        block.to(dtype)
+        _restore_dtypes(block, dtypes)
     with torch.no_grad():
         for p, keep in zip(matrices, keeps):  # +0.0 again after the cast
             p.masked_fill_(~keep, 0.0)

@@ -366,6 +366,8 @@ class _Run:
         activations = sum(ids.numel() * hidden_size * itemsize for _, (ids, _) in batches)
         largest = max(ids.numel() for _, (ids, _) in batches)
         fixed = layer_bytes(skeleton, itemsize) + working_bytes(skeleton, config, largest, itemsize)
+        if config.reconstruct:  # the float32 block, its gradients and Adam's two moments: 16 bytes per weight
+            fixed += layer_bytes(skeleton, 4) * 4
         # with reconstruction the dense block's outputs (its targets) sit beside the activations
         tier, reason = choose_tier(activations * (2 if config.reconstruct else 1), fixed, self.device, self.budget)
         log.info("calibration activations: %.2f GiB (%d batches of [B, T, %d] %s) on %s: %s", activations / 2**30,
