@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from tfprune import PruneConfig, prune
+from tfprune.config import DEFAULT_RECONSTRUCT_STEPS
 from tfprune.calib import CalibrationSet, ParallelCorpus, builtin_corpus, tokenize_prompts, translation_prompts
 from tfprune.calib.corpus import language_name
 from tfprune.calib.prompts import MONO_TEMPLATE, monolingual_prompts
@@ -50,7 +51,7 @@ VARIANTS = {
     "sparsegpt": (dict(method="sparsegpt", **ONE_SHOT), "translation", None),
     "ria": (dict(method="ria", **ONE_SHOT), "translation", None),
     "wanda-all-directions": (dict(method="wanda", **ONE_SHOT), "all-directions", None),
-    "wanda+reconstruct": (dict(method="wanda", reconstruct=64, reconstruct_lr=1e-4), "translation", None),
+    "wanda+reconstruct": (dict(method="wanda", reconstruct=DEFAULT_RECONSTRUCT_STEPS), "translation", None),
 }
 
 

@@ -290,6 +290,9 @@ def test_tampered_packed_tensors_are_refused_by_inspect_and_from_pretrained(worl
     (["--device", "tpu"], "--device 'tpu'"),
     (["--device", "meta"], "tfprune runs on cpu or cuda"),
     (["--dtype", "int4"], "--dtype must be one of"),
+    (["--reconstruct=-1"], "reconstruct must be a number of steps >= 0"),
+    (["--reconstruct-lr", "nan"], "reconstruct_lr must be a learning rate in (0, 1)"),
+    (["--reconstruct-lr", "2"], "reconstruct_lr must be a learning rate in (0, 1)"),
 ])
 def test_bad_options(world, capsys, option, match, tmp_path):
     model, neighbour = world
