@@ -162,16 +162,18 @@ torch::Tensor decode24_linear(const torch::Tensor& x, const torch::Tensor& value
   if (M > 0 && N > 0) {
     // x padded to rows of K + 32 elements: rows K * 4 (or 2) bytes apart would share L1 sets (K = 4096...)
     const int64_t ldx = K + 32;
-    auto xf = torch::zeros({M, ldx}, x.options().dtype(at::kFloat));
-    xf.narrow(1, 0, K).copy_(x);
-    torch::Tensor xh;
+    torch::Tensor xf, xh;
+    if (chosen != cpu::Impl::kDpbf16 || K % 64) {  // dpbf16 reads fp32 x only for its tail groups
+      xf = torch::zeros({M, ldx}, x.options().dtype(at::kFloat));
+      xf.narrow(1, 0, K).copy_(x);
+    }
     if (chosen == cpu::Impl::kDpbf16) {
       xh = torch::zeros({M, ldx}, x.options());
       xh.narrow(1, 0, K).copy_(x);
     }
     const cpu::Problem p{values.data_ptr(),
                          codes.data_ptr<uint8_t>(),
-                         xf.data_ptr<float>(),
+                         xf.defined() ? xf.data_ptr<float>() : nullptr,
                          xh.defined() ? static_cast<const uint16_t*>(xh.data_ptr()) : nullptr,
                          b.defined() ? b.data_ptr<float>() : nullptr,
                          out.data_ptr<float>(),

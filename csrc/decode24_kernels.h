@@ -59,7 +59,7 @@ enum class Impl { kPortable, kGather, kExpand, kBcast, kDpbf16 };
 struct Problem {
   const void* values;    // [N, K/2] of WType
   const uint8_t* codes;  // [N, code_bytes]
-  const float* x;
+  const float* x;      // null for dpbf16 when K % 64 == 0 (no tail groups)
   const uint16_t* xh;  // x as bf16 (the dpbf16 kernel only), same row stride
   const float* bias;
   float* out;
@@ -361,10 +361,14 @@ TFP_AVX2 void rows_bcast(const Problem& p, const float* xt, int64_t n0, int64_t 
 
 // ---- AVX-512 BF16 ----
 
-// dpbf16 (bf16 weights and x, CPUs with AVX512_BF16): per 32 columns (four code bytes, 16 values) the
-// expand table gives each column its value (or none); one masked vpermw scatters the 16 values into 32 dense
-// bf16 lanes, and one vdpbf16ps per row of x multiplies them with x's 32 columns (bf16 pairs, fp32 sums).
-// The dense multiply costs what torch's bf16 GEMM pays; the weights stream in 9/16 of its bytes.
+// dpbf16 (bf16 weights and x, CPUs with AVX512_BF16): a group's two kept values are adjacent in `values`, so
+// they are one bf16 pair of vdpbf16ps; the kernel gathers the matching pair of x instead of expanding W. Per
+// 64 columns (8 code bytes, 16 groups, 32 values): the 16 nibbles widened to dwords pick their word-index
+// pairs (4g + i0, 4g + i1) from a 16-entry table held in a register (vpermd), one vpermt2w per row of x
+// selects those 32 words from x's 64 columns, and one vdpbf16ps multiplies them with the 32 values. A
+// malformed nibble (one column twice) carries bit 6 on its second index: that lane of x is zeroed (the
+// first value wins, as in the other kernels). Only the kept half is multiplied, nothing is expanded, and the
+// weights stream in 9/16 of the dense bytes. Tail groups (K % 64) go through the scalar loop.
 TFP_BF16_INLINE float hsum512(__m512 v) {  // through memory: GCC 12 warns inside its 512-bit shuffles
   alignas(64) float t[16];
   _mm512_store_ps(t, v);
@@ -373,66 +377,83 @@ TFP_BF16_INLINE float hsum512(__m512 v) {  // through memory: GCC 12 warns insid
   return s;
 }
 
+// dword per nibble: word index i0 | (i1, + 64 when i1 == i0) << 16, within the nibble's group of 4 columns
+TFP_BF16_INLINE __m512i pair_index_table(int kind) {
+  alignas(64) int32_t t[16];
+  for (int nibble = 0; nibble < 16; ++nibble) {
+    const uint8_t* pr = tables().pair[kind][nibble];
+    t[nibble] = pr[0] | (pr[1] + (pr[1] == pr[0] ? 64 : 0)) << 16;
+  }
+  return _mm512_load_si512(t);
+}
+
+constexpr int64_t kDpbf16Prefetch = 2048;  // bytes ahead in a row's values: the hardware prefetcher lags
+
 template <int MB>
-TFP_BF16 void row_dpbf16(const Problem& p, int64_t n, int64_t m0) {
+TFP_BF16_INLINE void row_dpbf16(const Problem& p, int64_t n, int64_t m0, __m512i pair_table) {
   const int64_t K = p.K;
   const uint16_t* v = static_cast<const uint16_t*>(p.values) + n * (K / 2);
   const uint8_t* c = p.codes + n * p.code_bytes;
-  const uint8_t(*lut)[8] = tables().expand[p.kind];
   const uint16_t* x = p.xh + m0 * p.ldx;
-  const int64_t steps = K / 32;
-  // word j of a step holds a value of code byte j / 8, whose 4 values start at 4 * (j / 8)
-  const __m512i base = _mm512_set_epi16(12, 12, 12, 12, 12, 12, 12, 12, 8, 8, 8, 8, 8, 8, 8, 8, 4, 4, 4, 4, 4, 4,
-                                        4, 4, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m256i none = _mm256_set1_epi8(4);
+  const int64_t steps = K / 64;
+  // group g of a step starts at word 4g: (4g) | (4g) << 16 in dword g
+  const __m512i base = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm512_set1_epi32(4 | 4 << 16));
+  const __m512i malformed = _mm512_set1_epi16(64);
   __m512 acc0[MB], acc1[MB];
   for (int i = 0; i < MB; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   for (int64_t s = 0; s < steps; ++s) {
-    const uint8_t* cb = c + 4 * s;
-    uint64_t l0, l1, l2, l3;
-    std::memcpy(&l0, lut[cb[0]], 8);
-    std::memcpy(&l1, lut[cb[1]], 8);
-    std::memcpy(&l2, lut[cb[2]], 8);
-    std::memcpy(&l3, lut[cb[3]], 8);
-    const __m256i lanes = _mm256_set_epi64x(static_cast<long long>(l3), static_cast<long long>(l2),
-                                            static_cast<long long>(l1), static_cast<long long>(l0));
-    const __mmask32 kept = _mm256_cmpneq_epi8_mask(lanes, none);
-    const __m512i idx = _mm512_add_epi16(_mm512_cvtepu8_epi16(lanes), base);
-    const __m512i vals = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + 16 * s)));
-    const __m512bh w = (__m512bh)_mm512_maskz_permutexvar_epi16(kept, idx, vals);
+    _mm_prefetch(reinterpret_cast<const char*>(v + 32 * s) + kDpbf16Prefetch, _MM_HINT_T0);
+    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 8 * s));
+    // bytes lo0 hi0 lo1 hi1 ...: vpermd reads the low 4 bits of each dword, the nibble of group g
+    const __m128i nibbles = _mm_unpacklo_epi8(bytes, _mm_srli_epi16(bytes, 4));
+    const __m512i idx = _mm512_add_epi32(
+        _mm512_maskz_permutexvar_epi32(0xFFFF, _mm512_maskz_cvtepu8_epi32(0xFFFF, nibbles), pair_table), base);
+    // (maskz forms: GCC 12 warns on the undefined source of the plain ones)
+    const __mmask32 real = _mm512_testn_epi16_mask(idx, malformed);
+    const __m512bh w = (__m512bh)_mm512_loadu_si512(v + 32 * s);
     for (int i = 0; i < MB; ++i) {
-      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + i * p.ldx + 32 * s);
+      const uint16_t* xi = x + i * p.ldx + 64 * s;
+      const __m512i lo = _mm512_loadu_si512(xi), hi = _mm512_loadu_si512(xi + 32);
+      const __m512bh xv = (__m512bh)_mm512_maskz_permutex2var_epi16(real, lo, idx, hi);
       if (MB < 4 && (s & 1)) acc1[i] = _mm512_dpbf16_ps(acc1[i], w, xv);
       else acc0[i] = _mm512_dpbf16_ps(acc0[i], w, xv);
     }
   }
   float out[MB];
   for (int i = 0; i < MB; ++i) out[i] = hsum512(_mm512_add_ps(acc0[i], acc1[i]));
-  tail_groups<Bf16>(p, n, 8 * steps, m0, MB, out);
+  tail_groups<Bf16>(p, n, 16 * steps, m0, MB, out);
   store_row(p, n, m0, MB, out);
 }
 
-inline void row_dpbf16_any(const Problem& p, int64_t n) {
+TFP_BF16_INLINE void row_dpbf16_any(const Problem& p, int64_t n, __m512i pair_table) {
   for (int64_t m0 = 0; m0 < p.M; m0 += 16) {
     switch (std::min<int64_t>(16, p.M - m0)) {
-      case 1: row_dpbf16<1>(p, n, m0); break;
-      case 2: row_dpbf16<2>(p, n, m0); break;
-      case 3: row_dpbf16<3>(p, n, m0); break;
-      case 4: row_dpbf16<4>(p, n, m0); break;
-      case 5: row_dpbf16<5>(p, n, m0); break;
-      case 6: row_dpbf16<6>(p, n, m0); break;
-      case 7: row_dpbf16<7>(p, n, m0); break;
-      case 8: row_dpbf16<8>(p, n, m0); break;
-      case 9: row_dpbf16<9>(p, n, m0); break;
-      case 10: row_dpbf16<10>(p, n, m0); break;
-      case 11: row_dpbf16<11>(p, n, m0); break;
-      case 12: row_dpbf16<12>(p, n, m0); break;
-      case 13: row_dpbf16<13>(p, n, m0); break;
-      case 14: row_dpbf16<14>(p, n, m0); break;
-      case 15: row_dpbf16<15>(p, n, m0); break;
-      default: row_dpbf16<16>(p, n, m0); break;
+      case 1: row_dpbf16<1>(p, n, m0, pair_table); break;
+      case 2: row_dpbf16<2>(p, n, m0, pair_table); break;
+      case 3: row_dpbf16<3>(p, n, m0, pair_table); break;
+      case 4: row_dpbf16<4>(p, n, m0, pair_table); break;
+      case 5: row_dpbf16<5>(p, n, m0, pair_table); break;
+      case 6: row_dpbf16<6>(p, n, m0, pair_table); break;
+      case 7: row_dpbf16<7>(p, n, m0, pair_table); break;
+      case 8: row_dpbf16<8>(p, n, m0, pair_table); break;
+      case 9: row_dpbf16<9>(p, n, m0, pair_table); break;
+      case 10: row_dpbf16<10>(p, n, m0, pair_table); break;
+      case 11: row_dpbf16<11>(p, n, m0, pair_table); break;
+      case 12: row_dpbf16<12>(p, n, m0, pair_table); break;
+      case 13: row_dpbf16<13>(p, n, m0, pair_table); break;
+      case 14: row_dpbf16<14>(p, n, m0, pair_table); break;
+      case 15: row_dpbf16<15>(p, n, m0, pair_table); break;
+      default: row_dpbf16<16>(p, n, m0, pair_table); break;
     }
   }
+}
+
+TFP_BF16 void run_dpbf16(const Problem& p, int threads) {
+  const __m512i pair_table = pair_index_table(p.kind);
+  (void)threads;  // without OpenMP
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t n = 0; n < p.N; ++n) row_dpbf16_any(p, n, pair_table);
 }
 
 inline bool cpu_has_avx512bf16() {
@@ -521,6 +542,11 @@ void run(const Problem& p, Impl impl, int threads) {
     else run_bcast<W, 2>(p, threads);
     return;
   }
+  if (impl == Impl::kDpbf16) {
+    (void)tables();  // built before the parallel region
+    run_dpbf16(p, threads);
+    return;
+  }
 #endif
   (void)tables();  // built before the parallel region
   (void)threads;   // without OpenMP
@@ -533,10 +559,6 @@ void run(const Problem& p, Impl impl, int threads) {
     }
     if (impl == Impl::kExpand) {
       row_expand_any<W>(p, n);
-      continue;
-    }
-    if (impl == Impl::kDpbf16) {
-      row_dpbf16_any(p, n);
       continue;
     }
 #endif

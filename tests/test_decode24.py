@@ -169,6 +169,25 @@ def test_cpu_linear_reads_compressed_tensors_bitmask():
 
 
 @needs_ext
+def test_dpbf16_decodes_malformed_bitmask_nibbles_as_the_unpacker():
+    """A bitmask nibble without two bits (one column or none; checkpoints with such nibbles are refused at load)
+    names one column twice: the dpbf16 kernel multiplies it by the group's first value only (it zeroes the
+    second lane of x it gathers), as the C++ unpacker and the expand kernel decode it. K = 192: three full
+    64-column steps."""
+    if "dpbf16" not in IMPLS:
+        pytest.skip("no AVX512_BF16 on this CPU")
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(24, 96, generator=g).to(torch.bfloat16)
+    bits = torch.randint(0, 256, (24, 24), generator=g, dtype=torch.uint8)
+    bits[0] = torch.tensor([0x11, 0x00, 0x84, 0x20] * 6, dtype=torch.uint8)  # 1 bit, none, 1 bit per nibble
+    dense = decode24.unpack(decode24.Decode24Weight(values, bits, (24, 192), bitmask=True))
+    x = torch.randn(2, 192, dtype=torch.bfloat16)
+    for impl in ("dpbf16", "expand"):
+        y = extension.decode24_linear(x, values, bits, None, True, torch.float32, impl)
+        assert rel_err(y, reference(x, dense)) < 1e-5, impl
+
+
+@needs_ext
 def test_cpu_linear_errors():
     w = sparse24(16, 64)
     packed = decode24.pack(w)
@@ -225,8 +244,8 @@ def test_sparse_linear_on_cpu_takes_up_to_16_rows_on_the_decode_kernel(monkeypat
         linear.weight.copy_(sparse24(32, 64))
     module = sparse.SparseLinear.from_linear(linear, format="bitmask")
     calls = []
-    original = decode24.linear
-    monkeypatch.setattr(decode24, "linear", lambda *a, **k: calls.append(a[0].shape[0]) or original(*a, **k))
+    original = decode24.run  # the forward's unchecked entry (path() asked unsupported_reason once)
+    monkeypatch.setattr(decode24, "run", lambda *a, **k: calls.append(a[0].shape[0]) or original(*a, **k))
     for rows in (12, 16, 17):
         with torch.no_grad():
             y = module(torch.randn(rows, 64, dtype=torch.bfloat16))
@@ -249,8 +268,8 @@ def test_sparse_linear_dispatch(fmt, monkeypatch):
     module = sparse.SparseLinear.from_linear(linear, format=fmt)
     monkeypatch.setenv("TFPRUNE_DECODE_MAX_ROWS", "4")
     calls = []
-    original = decode24.linear
-    monkeypatch.setattr(decode24, "linear", lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
+    original = decode24.run
+    monkeypatch.setattr(decode24, "run", lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
     for shape in [(1, 128), (2, 2, 128), (5, 128), (20, 128)]:
         x = torch.randn(*shape, dtype=torch.bfloat16)
         assert module.path(x) == ("decode" if x.numel() // 128 <= 4 else "dense")
