@@ -30,7 +30,8 @@ from . import decode_crossover
 from ._ext import extension
 
 __all__ = ["MAX_ROWS", "DEFAULT_MAX_ROWS", "DTYPES", "DecodeUnsupported", "Decode24Weight", "pack", "pack_ref", "unpack",
-           "unpack_ref", "codes_from_cutlass_meta", "linear", "triton_linear", "linear_ref", "unsupported_reason", "max_rows"]
+           "unpack_ref", "codes_from_cutlass_meta", "linear", "run", "triton_linear", "linear_ref", "unsupported_reason",
+           "max_rows", "settings"]
 
 MAX_ROWS = 16  # rows of x (tokens) the kernels take
 
@@ -181,11 +182,17 @@ def max_rows(device: torch.device | str, dense_available: bool = True) -> int:
     DEFAULT_MAX_ROWS. dense_available=False: the alternative is not a GEMM but unpacking the weight on every
     call (a SparseLinear on a device without a 2:4 GEMM kernel), which every kernel that wins at M = 1 beats
     up to MAX_ROWS (benchmarks/README.md: 16 tokens, decode kernel 0.6–0.7× dense vs unpack + dense 0.15–0.18×)."""
-    key = (device, dense_available, os.environ.get("TFPRUNE_DECODE_MAX_ROWS", ""), decode_crossover.state())
+    key = (device, dense_available, settings())
     found = _max_rows_memo.get(key)
     if found is None:
-        found = _max_rows_memo[key] = _max_rows(device, dense_available, key[2].strip())
+        found = _max_rows_memo[key] = _max_rows(device, dense_available, key[2][0].strip())
     return found
+
+
+def settings() -> tuple:
+    """What max_rows depends on besides the device: $TFPRUNE_DECODE_MAX_ROWS and the crossover store's state
+    (callers may cache answers under it)."""
+    return os.environ.get("TFPRUNE_DECODE_MAX_ROWS", ""), decode_crossover.state()
 
 
 _max_rows_memo: dict[tuple, int] = {}  # max_rows runs on every SparseLinear forward: one dict lookup
@@ -248,6 +255,13 @@ def linear(x: torch.Tensor, packed: Decode24Weight, bias: torch.Tensor | None = 
     reason = unsupported_reason(x, packed)
     if reason is not None:
         raise DecodeUnsupported(f"decode24.linear: {reason}")
+    return run(x, packed, bias, out_dtype, out)
+
+
+def run(x: torch.Tensor, packed: Decode24Weight, bias: torch.Tensor | None = None,
+        out_dtype: torch.dtype | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """linear without its checks, for a caller that knows unsupported_reason(x, packed) is None (SparseLinear
+    asks once per device, dtype and shape: a decode step calls it once per layer)."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, packed.shape[1])
     if x.device.type == "cpu":

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import decode24
 from . import backends
 from .formats import FORMATS, PackedWeight, SparseFormatError, first_violation, format_tile, pack, unpack
 
@@ -73,6 +74,7 @@ class SparseLinear(nn.Module):
         self._gemm_weight = None  # (backend, its weight operand), built on first use
         self._decoded = None  # the decode layout (tfprune.decode24) for few-token inputs, built on first use
         self._decode_ok = {}  # (device, x dtype, weight dtype, x features) -> whether the decode kernel takes x
+        self._paths = {}  # path()'s answers
 
     @classmethod
     def from_linear(cls, linear: nn.Module, format: str = "cutlass", backend: str = "auto") -> SparseLinear:
@@ -147,8 +149,6 @@ class SparseLinear(nn.Module):
     def _decode_weight(self):
         """The weight in tfprune.decode24's layout: a 'bitmask' weight is read in place; a 16-bit 'cutlass'
         one shares its values and gets the codes from its meta (1/16 of the dense bytes, no dense copy)."""
-        from .. import decode24
-
         if self._decoded is None:
             shape = (self.out_features, self.in_features)
             if self.format == "bitmask":
@@ -161,11 +161,16 @@ class SparseLinear(nn.Module):
         return self._decoded
 
     def path(self, x: torch.Tensor) -> str:
-        """The path a forward of x [..., in_features] takes: one of PATHS (a few dictionary lookups: it runs
-        on every forward)."""
-        from .. import decode24
-
+        """The path a forward of x [..., in_features] takes: one of PATHS. It runs on every forward (126 times
+        per token in Gemma 3 270M): remembered per (device, dtype, rows of x, backend, the crossover's settings)."""
         rows = x.numel() // max(1, self.in_features)
+        key = (x.device, x.dtype, rows, x.shape[-1], self.backend, decode24.settings())
+        found = self._paths.get(key)
+        if found is None:
+            found = self._paths[key] = self._choose_path(x, rows)
+        return found
+
+    def _choose_path(self, x: torch.Tensor, rows: int) -> str:
         gemm, _reason = self.gemm_backend()
         if 1 <= rows <= decode24.max_rows(x.device, dense_available=gemm != "dense") and self._decodes(x):
             return "decode"
@@ -176,8 +181,6 @@ class SparseLinear(nn.Module):
     def _decodes(self, x: torch.Tensor) -> bool:
         """Whether the decode kernel takes x (at most MAX_ROWS rows: checked by the caller), remembered per
         (device, x dtype, weight dtype, x features): the weight is fixed, so only those decide."""
-        from .. import decode24
-
         key = (x.device, x.dtype, self.values.dtype, x.shape[-1])
         if key not in self._decode_ok:
             self._decode_ok[key] = (x.device == self.values.device and self.values.dtype in decode24.DTYPES and
@@ -188,8 +191,6 @@ class SparseLinear(nn.Module):
     def prepare(self) -> SparseLinear:
         """Build the decode weight and the GEMM operand of the module's device and dtype now (they are
         otherwise built on the first forward that needs them), e.g. before capturing a CUDA graph."""
-        from .. import decode24
-
         if self.values.dtype in decode24.DTYPES and decode24.max_rows(self.values.device):
             self._decode_weight()
         gemm, _reason = self.gemm_backend()
@@ -198,15 +199,16 @@ class SparseLinear(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_on(x, self.path(x))
+        path = self.path(x)
+        if path == "decode":  # path() found that the kernel takes x: no second check per token and layer
+            return decode24.run(x, self._decode_weight(), self.bias)
+        return self.forward_on(x, path)
 
     def forward_on(self, x: torch.Tensor, path: str) -> torch.Tensor:
         """The forward of x [..., in_features] on a given path (benchmarks time each path with it): 'decode'
         (raises tfprune.decode24.DecodeUnsupported where the kernel does not take x), the GEMM backend
         `gemm_backend()` names (ValueError for another), or 'dense'."""
         if path == "decode":
-            from .. import decode24
-
             return decode24.linear(x, self._decode_weight(), self.bias)
         if path == "dense":
             gemm, reason = self.gemm_backend()
