@@ -43,4 +43,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("decode24_isa", &tfprune::decode24_isa,
              "'avx512bf16' (bf16 on AVX512_BF16, AVX2 kernels otherwise), 'avx2' or 'portable': what decode24_linear "
              "runs on this CPU.");
+  module.def("dense_decode_linear", &tfprune::dense_decode_linear, pybind11::arg("x"), pybind11::arg("weight"),
+             pybind11::arg("bias") = pybind11::none(), pybind11::arg("out_dtype") = pybind11::none(),
+             "x (M <= 16, K; bf16, CPU) @ W^T (+ bias (N,)) for a dense bf16 W (N, K), fp32 accumulation, output (M, N) "
+             "in out_dtype (default bf16). CPUs with AVX512_BF16 only (dense_decode_available()).");
+  module.def("dense_decode_available", &tfprune::dense_decode_available,
+             "Whether this CPU runs dense_decode_linear (AVX512_BF16).");
 }

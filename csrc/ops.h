@@ -36,4 +36,11 @@ torch::Tensor decode24_linear(const torch::Tensor& x, const torch::Tensor& value
 // "avx512bf16" (dpbf16 for bf16, AVX2 kernels otherwise), "avx2" or "portable": the best kernels this CPU runs.
 std::string decode24_isa();
 
+// dense_decode (dense_decode_cpu.cpp): y (M, N) = x (M <= 16, K) @ W^T (+ bias (N,)) for bf16 x and a dense bf16
+// W (N, K), fp32 accumulation, output in out_dtype (default bf16); CPUs with AVX512_BF16 only.
+torch::Tensor dense_decode_linear(const torch::Tensor& x, const torch::Tensor& weight,
+                                  const c10::optional<torch::Tensor>& bias, c10::optional<at::ScalarType> out_dtype);
+// Whether this CPU runs dense_decode_linear (AVX512_BF16).
+bool dense_decode_available();
+
 }  // namespace tfprune

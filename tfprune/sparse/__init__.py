@@ -4,8 +4,10 @@ packed by tfprune._C, SparseLinear, sparsify(model), and compressed-tensors chec
     packed = tfprune.sparse.pack(weight, "cutlass")      # PackedWeight; unpack(packed) gives weight back
     report = tfprune.sparsify(model)                      # every 2:4 linear -> SparseLinear, in place
     model = tfprune.from_pretrained("out", device="cuda")  # a compressed-tensors 2:4 checkpoint, packed
+    decode_head_(model)                                   # the dense LM head on tfprune's bf16 decode kernel
 """
 from .checkpoint import from_pretrained, save_compressed_tensors
+from .dense_decode import DenseDecodeLinear, decode_head_
 from .formats import FORMATS, PackedWeight, SparseFormatError, first_violation, pack, to_cutlass, unpack
 from .linear import SparseLinear, SparsifyReport, kernel_support, sparsify
 
@@ -23,4 +25,6 @@ __all__ = [
     "kernel_support",
     "from_pretrained",
     "save_compressed_tensors",
+    "DenseDecodeLinear",
+    "decode_head_",
 ]

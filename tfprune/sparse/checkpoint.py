@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import TfpruneError
+from .dense_decode import decode_head_
 from .formats import PackedWeight, SparseFormatError, _nonzero, pack
 from .linear import SparseLinear, skip_reason
 
@@ -123,13 +124,15 @@ def sparsity_format(config: dict, path: Path) -> str | None:
 
 
 def from_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
-                    format: str = "cutlass") -> nn.Module:
+                    format: str = "cutlass", decode_head: bool = True) -> nn.Module:
     """Load a Hugging Face CausalLM directory. A compressed-tensors sparse-24-bitmask checkpoint (ours, or a
     sparse-only 2:4 one written by llm-compressor) gets a SparseLinear for every packed weight, loaded
     straight from the packed tensors (the dense weights are never built on `device`); a dense checkpoint
     loads as usual. dtype: torch dtype or name (default: as stored). format: the SparseLinears' format,
     'cutlass' (CUTLASS meta derived from the bitmask on `device`; float16/bfloat16 weights with shapes the
-    layout takes, others stay 'bitmask') or 'bitmask' (kept as stored). Returns the model in eval mode."""
+    layout takes, others stay 'bitmask') or 'bitmask' (kept as stored). decode_head: the LM head (an nn.Linear,
+    tied or not) becomes a DenseDecodeLinear (tfprune.sparse.dense_decode: a bf16 decode kernel on CPUs with
+    AVX512_BF16, F.linear elsewhere; same weights and results). Returns the model in eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from ..models import DTYPES
@@ -143,7 +146,7 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype:
         raise TfpruneError(f"{path} has no config.json: not a Hugging Face model directory")
     if sparsity_format(json.loads(config_file.read_text(encoding="utf-8")), path) is None:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
-        return model.to(device).eval()
+        return _with_decode_head(model.to(device).eval(), decode_head)
     from accelerate import init_empty_weights
     from safetensors import safe_open
 
@@ -191,7 +194,15 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype:
     except OSError:  # no generation_config.json: keep the one from_config derived
         pass
     log.info("loaded %s: %d SparseLinear layers (%s)", path, len(prefixes), format)
-    return model.to(device).eval()
+    return _with_decode_head(model.to(device).eval(), decode_head)
+
+
+def _with_decode_head(model: nn.Module, decode_head: bool) -> nn.Module:
+    if decode_head:
+        reason = decode_head_(model)
+        if reason is not None:
+            log.info("LM head left as it is: %s", reason)
+    return model
 
 
 # popcount of each nibble of a byte: _NIBBLE_BITS[b] = (bits of b & 15) + 16 * (bits of b >> 4)

@@ -1,0 +1,128 @@
+// dense_decode: y = x @ W^T (+ bias) for few rows of x (M <= 16) and a dense bf16 W on CPUs with AVX512_BF16,
+// the decode step's matmul of the layers that stay dense (the LM head above all: 168M of Gemma 3 270M's 268M
+// parameters). Batch-1 decoding is memory-bound; torch's bf16 GEMV streams ~11 GB/s on two cores of the
+// development machine, this kernel ~20 GB/s (benchmarks/README.md): blocks of 8 rows of W, one vdpbf16ps per
+// 32 columns, row of W and row of x, and a software prefetch one block ahead (the hardware prefetcher lags
+// behind 8 interleaved row streams). K % 32 is taken by masked loads. fp32 accumulation; OpenMP over blocks.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "ops.h"
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define TFP_DD_X86 1
+#include <immintrin.h>
+#define TFP_DD_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define TFP_DD_BF16_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline
+#else
+#define TFP_DD_X86 0
+#endif
+
+namespace {
+
+constexpr int64_t kMaxRows = 16;  // rows of x the kernel takes
+constexpr int64_t kBlock = 8;     // rows of W per block
+constexpr int kRowsOfX = 2;       // rows of x per pass over a block (8 x 2 accumulators + 2 rows of x in registers)
+
+bool has_avx512bf16() {
+#if TFP_DD_X86
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+#if TFP_DD_X86
+TFP_DD_BF16_INLINE float hsum(__m512 v) {  // through memory: GCC 12 warns inside its 512-bit shuffles
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  float s = 0.0f;
+  for (int i = 0; i < 8; ++i) s += t[i] + t[i + 8];
+  return s;
+}
+
+// rows n0 .. n0 + RB of W times rows m0 .. m0 + MB of x -> out[m, n] (+ bias[n])
+template <int RB, int MB>
+TFP_DD_BF16_INLINE void block(const uint16_t* w, const uint16_t* x, const float* bias, float* out, int64_t N,
+                              int64_t K, int64_t n0, int64_t m0) {
+  __m512 acc[RB][MB];
+  for (int r = 0; r < RB; ++r)
+    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
+  const int64_t ahead = kBlock * K * 2;  // bytes: the same column of the next block
+  for (int64_t k = 0; k < K; k += 32) {
+    const __mmask32 lanes = K - k >= 32 ? ~__mmask32(0) : static_cast<__mmask32>((uint64_t(1) << (K - k)) - 1);
+    __m512bh xv[MB];
+    for (int m = 0; m < MB; ++m) xv[m] = (__m512bh)_mm512_maskz_loadu_epi16(lanes, x + (m0 + m) * K + k);
+    for (int r = 0; r < RB; ++r) {
+      const uint16_t* row = w + (n0 + r) * K + k;
+      _mm_prefetch(reinterpret_cast<const char*>(row) + ahead, _MM_HINT_T0);
+      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(lanes, row);
+      for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], wv, xv[m]);
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int m = 0; m < MB; ++m) out[(m0 + m) * N + n0 + r] = hsum(acc[r][m]) + (bias ? bias[n0 + r] : 0.0f);
+}
+
+template <int RB>
+TFP_DD_BF16_INLINE void rows_of_w(const uint16_t* w, const uint16_t* x, const float* bias, float* out, int64_t M,
+                                  int64_t N, int64_t K, int64_t n0) {
+  int64_t m0 = 0;
+  for (; m0 + kRowsOfX <= M; m0 += kRowsOfX) block<RB, kRowsOfX>(w, x, bias, out, N, K, n0, m0);
+  if (m0 < M) block<RB, 1>(w, x, bias, out, N, K, n0, m0);
+}
+
+TFP_DD_BF16 void run(const uint16_t* w, const uint16_t* x, const float* bias, float* out, int64_t M, int64_t N,
+                     int64_t K, int threads) {
+  const int64_t blocks = N / kBlock;
+  (void)threads;  // without OpenMP
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t b = 0; b < blocks; ++b) rows_of_w<kBlock>(w, x, bias, out, M, N, K, b * kBlock);
+  for (int64_t n = blocks * kBlock; n < N; ++n) rows_of_w<1>(w, x, bias, out, M, N, K, n);
+}
+#endif
+
+}  // namespace
+
+namespace tfprune {
+
+bool dense_decode_available() { return has_avx512bf16(); }
+
+torch::Tensor dense_decode_linear(const torch::Tensor& x, const torch::Tensor& weight,
+                                  const c10::optional<torch::Tensor>& bias, c10::optional<at::ScalarType> out_dtype) {
+  TORCH_CHECK(has_avx512bf16(), "dense_decode_linear: needs a CPU with AVX512_BF16");
+  TORCH_CHECK(weight.dim() == 2 && x.dim() == 2, "dense_decode_linear: x (M, K) and weight (N, K) must be 2-D, got ",
+              x.sizes(), " and ", weight.sizes());
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "dense_decode_linear: CPU tensors only");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16,
+              "dense_decode_linear: x and weight must be bfloat16, got ", x.scalar_type(), " and ",
+              weight.scalar_type());
+  TORCH_CHECK(weight.is_contiguous(), "dense_decode_linear: weight must be contiguous");
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  TORCH_CHECK(weight.size(1) == K, "dense_decode_linear: x has ", K, " features, the weight takes ", weight.size(1));
+  TORCH_CHECK(M <= kMaxRows, "dense_decode_linear: x has M=", M, " rows; the kernel takes 0..", kMaxRows);
+  const auto ot = out_dtype.value_or(at::kBFloat16);
+  TORCH_CHECK(ot == at::kBFloat16 || ot == at::kHalf || ot == at::kFloat,
+              "dense_decode_linear: out_dtype must be bfloat16, float16 or float32, got ", ot);
+  torch::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N && bias->device().is_cpu(),
+                "dense_decode_linear: bias must be a CPU tensor of shape (", N, "), got ", bias->sizes());
+    b = bias->to(at::kFloat).contiguous();
+  }
+  auto xc = x.contiguous();
+  auto out = torch::empty({M, N}, x.options().dtype(at::kFloat));
+#if TFP_DD_X86
+  if (M > 0 && N > 0)
+    run(static_cast<const uint16_t*>(weight.data_ptr()), static_cast<const uint16_t*>(xc.data_ptr()),
+        b.defined() ? b.data_ptr<float>() : nullptr, out.data_ptr<float>(), M, N, K, at::get_num_threads());
+#endif
+  return ot == at::kFloat ? out : out.to(ot);
+}
+
+}  // namespace tfprune
