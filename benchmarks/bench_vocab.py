@@ -1,5 +1,5 @@
 """Vocabulary trimming on the real model (issue 15): exactness on held-out text, kept tokens per reason,
-checkpoint sizes, greedy-decode tokens/s and peak RSS of dense / 2:4 / trimmed / 2:4 + trimmed.
+checkpoint sizes, greedy-decode tokens/s and peak RSS of dense / dense + head kernel / 2:4 / trimmed / 2:4 + trimmed.
 
     .venv/bin/python benchmarks/bench_vocab.py --model ~/.cache/tfprune/gemma3-270m [--threads 2] [--rounds 3]
                                                [--steps 32] [--json out.json] [--workdir DIR]
@@ -12,8 +12,10 @@ and the original's renormalised over the kept ids (where the tokens agree), perp
 model vs the trimmed one (per original token, so that the corpus mode's other segmentation stays comparable).
 
 Speed and memory (bf16, --threads): checkpoints written into --workdir: dense (bf16), 2:4 (magnitude 2:4 on
-every decoder linear, compressed-tensors), and both trimmed by `tfprune.vocab.trim_checkpoint` per set; all
-loaded with `tfprune.from_pretrained` (2:4 linears as SparseLinear: the CPU decode kernel), greedy decoding of
+every decoder linear, compressed-tensors), and both trimmed by `tfprune.vocab.trim_checkpoint` per set. The
+baseline "dense" is transformers' model as it loads (torch's kernels); every other row is loaded with
+`tfprune.from_pretrained` (2:4 linears as SparseLinear: the CPU decode kernel; the LM head a DenseDecodeLinear:
+the dense bf16 decode kernel), "dense + head kernel" being the dense checkpoint so loaded. Greedy decoding of
 --steps tokens after a held-out prompt, --rounds interleaved rounds (the order reversed every other round);
 tokens/s = 1 / the median time of a decode step over all rounds (robust to the bursts of other jobs on a shared
 machine; their interquartile range is recorded); each timed decode starts once other processes use fewer than
@@ -186,27 +188,34 @@ def write_checkpoints(model_dir: Path, work: Path) -> dict[str, Path]:
     print(f"wrote dense bf16 and 2:4 compressed-tensors ({pruned} decoder linears 2:4)", flush=True)
     del model
     for name, target in checkpoint_dirs(work).items():
-        if name not in dirs:
+        if name not in dirs and target not in dirs.values():
             base, langs = ("2:4" if name.startswith("2:4") else "dense"), SETS[name.rsplit(" ", 1)[1]]
             print(trim_checkpoint(dirs[base], target, TrimOptions(langs), progress=False).line(), flush=True)
     return checkpoint_dirs(work)
 
 
+PLAIN = "dense"  # the baseline: transformers' model as it loads, torch's kernels (the head too)
+HEAD_KERNEL = "dense + head kernel"  # the same checkpoint with the LM head on tfprune's dense decode kernel
+
+
 def checkpoint_dirs(work: Path) -> dict[str, Path]:
     """{variant: its checkpoint directory under work}."""
-    dirs = {"dense": work / "dense", "2:4": work / "sparse24"}
+    dirs = {PLAIN: work / "dense", HEAD_KERNEL: work / "dense", "2:4": work / "sparse24"}
     for name, langs in SETS.items():
         dirs[f"trimmed {name}"] = work / f"dense-{'-'.join(langs)}"
         dirs[f"2:4 + trimmed {name}"] = work / f"sparse24-{'-'.join(langs)}"
     return dirs
 
 
-def load(folder: Path):
+def load(folder: Path, decode_head: bool = True):
+    """(model, tokenizer): tfprune.from_pretrained in bf16; decode_head=False: the plain transformers model
+    (tfprune.from_pretrained of a dense checkpoint is AutoModelForCausalLM plus the LM head's decode kernel)."""
     from transformers import AutoTokenizer
 
     import tfprune
 
-    return tfprune.from_pretrained(folder, dtype="bfloat16").eval(), AutoTokenizer.from_pretrained(folder)
+    model = tfprune.from_pretrained(folder, dtype="bfloat16", decode_head=decode_head)
+    return model.eval(), AutoTokenizer.from_pretrained(folder)
 
 
 @torch.inference_mode()
@@ -251,14 +260,14 @@ def step_breakdown(model, prompt: torch.Tensor, steps: int) -> dict:
     """Milliseconds per decode step (medians) spent in the LM head, in the decoder's linear layers (nn.Linear and
     SparseLinear) and in everything else (norms, attention, rotary, cache, argmax, Python), timed with forward
     hooks on one extra greedy run."""
-    from tfprune.sparse import SparseLinear
+    from tfprune.sparse import DenseDecodeLinear, SparseLinear
 
     head = model.get_output_embeddings()
     spent = {"head": 0.0, "linears": 0.0}
     started: dict[int, float] = {}
     handles = []
     for module in model.modules():
-        if isinstance(module, (torch.nn.Linear, SparseLinear)):
+        if isinstance(module, (torch.nn.Linear, SparseLinear, DenseDecodeLinear)):
             kind = "head" if module is head else "linears"
             handles.append(module.register_forward_pre_hook(
                 lambda m, _args: started.__setitem__(id(m), time.perf_counter())))
@@ -290,12 +299,13 @@ def kept_ids(folder: Path) -> list[int] | None:
 
 
 def speed(dirs: dict[str, Path], set_name: str, steps: int, rounds: int, quiet: float, patience: float) -> list[dict]:
-    """Interleaved greedy decoding of dense, 2:4, trimmed, 2:4 + trimmed for one language set."""
-    names = ["dense", "2:4", f"trimmed {set_name}", f"2:4 + trimmed {set_name}"]
+    """Interleaved greedy decoding of dense (transformers), dense + head kernel, 2:4, trimmed, 2:4 + trimmed for
+    one language set."""
+    names = [PLAIN, HEAD_KERNEL, "2:4", f"trimmed {set_name}", f"2:4 + trimmed {set_name}"]
     prompt_text = HELD_OUT[SETS[set_name][0]][0]
     models = {}
     for name in names:
-        model, tokenizer = load(dirs[name])
+        model, tokenizer = load(dirs[name], decode_head=name != PLAIN)
         models[name] = (model, tokenizer(prompt_text, return_tensors="pt").input_ids)
         greedy(model, models[name][1], 4)  # warm-up: decode layouts, caches
     times = {name: [] for name in names}
@@ -331,10 +341,10 @@ def speed(dirs: dict[str, Path], set_name: str, steps: int, rounds: int, quiet: 
     return rows
 
 
-def peak_rss(folder: Path, prompt: str, steps: int, threads: int) -> dict:
-    """Peak RSS and tokens/s of loading `folder` and decoding once, in a fresh process."""
+def peak_rss(folder: Path, prompt: str, steps: int, threads: int, decode_head: bool) -> dict:
+    """Peak RSS of loading `folder` and decoding once, in a fresh process."""
     command = [sys.executable, __file__, "--worker", str(folder), "--prompt", prompt, "--steps", str(steps),
-               "--threads", str(threads)]
+               "--threads", str(threads)] + ([] if decode_head else ["--plain"])
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -348,8 +358,8 @@ def vm_hwm_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def worker(folder: str, prompt: str, steps: int) -> None:
-    model, tokenizer = load(Path(folder))
+def worker(folder: str, prompt: str, steps: int, decode_head: bool) -> None:
+    model, tokenizer = load(Path(folder), decode_head)
     greedy(model, tokenizer(prompt, return_tensors="pt").input_ids, steps)
     print(json.dumps({"peak_rss_bytes": vm_hwm_bytes()}))
 
@@ -391,7 +401,7 @@ def speed_and_memory(model_dir: Path, args) -> dict:
     try:
         dirs = write_checkpoints(model_dir, work)
         record["sizes"] = {"original (fp32)": safetensors_bytes(model_dir),
-                           **{name: safetensors_bytes(folder) for name, folder in dirs.items()}}
+                           **{name: safetensors_bytes(folder) for name, folder in dirs.items() if name != HEAD_KERNEL}}
         record["speed"] = []
         for set_name in args.sets.split(":"):
             load_before = os.getloadavg()[0]
@@ -399,7 +409,8 @@ def speed_and_memory(model_dir: Path, args) -> dict:
             for row in rows:
                 row["load_average"] = (load_before, os.getloadavg()[0])
             for row in rows:
-                memory = peak_rss(dirs[row["model"]], HELD_OUT[SETS[set_name][0]][0], args.steps, args.threads)
+                memory = peak_rss(dirs[row["model"]], HELD_OUT[SETS[set_name][0]][0], args.steps, args.threads,
+                                  row["model"] != PLAIN)
                 row["peak_rss_bytes"] = memory["peak_rss_bytes"]
             record["speed"] += rows
     finally:
@@ -424,10 +435,11 @@ def main(argv=None) -> int:
     parser.add_argument("--patience", type=float, default=90, help="seconds to wait for that at most")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--prompt", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.worker:
-        worker(args.worker, args.prompt, args.steps)
+        worker(args.worker, args.prompt, args.steps, not args.plain)
         return 0
     import logging
 
