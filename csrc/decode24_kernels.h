@@ -2,7 +2,8 @@
 // decode layout (decode24_core.h). Host-only and free of torch (decode24_cpu.cpp is the torch shim), so a
 // plain g++ can build them for a micro-benchmark.
 //
-// x is given as fp32 [M, K] (row stride ldx; also as bf16 for dpbf16), the output as fp32 [M, N]; fp32
+// x is given as fp32 [M, K] (row stride ldx; for dpbf16 as bf16, and as fp32 only when K % 64 leaves tail groups),
+// the output as fp32 [M, N]; fp32
 // accumulation throughout. OpenMP over output rows. Kernels (the AVX2 ones for fp16/fp32, or CPUs without
 // AVX512_BF16; `auto_impl` picks by M, thresholds measured with benchmarks/bench_decode.py):
 //   gather (M <= 4): per 16 columns (two code bytes, 8 values) one table row per code byte gives the lanes
@@ -14,9 +15,9 @@
 //   bcast (more rows): x transposed to xt [K, 8 or 16], so each kept weight v = W[n, k] adds v * xt[k, :]
 //     to all rows of x at once (a broadcast and one FMA per 8 rows of x): only the kept half is multiplied,
 //     and nothing is gathered per row of x. Blocks of K keep the slice of xt in L1.
-//   dpbf16 (bf16 W and x, CPUs with AVX512_BF16): per 32 columns one masked vpermw expands 16 values to 32
-//     dense bf16 lanes, one vdpbf16ps per row of x (bf16 pairs, fp32 sums): the instruction torch's dense
-//     bf16 GEMM runs on such CPUs, so the decode kernel is not out-computed there.
+//   dpbf16 (bf16 W and x, CPUs with AVX512_BF16): a group's two kept values are one bf16 pair; per 64 columns
+//     a vpermd turns 16 nibbles into word indices and one vpermt2w per row of x gathers the matching pairs of
+//     x for one vdpbf16ps (fp32 sums): only the kept half is multiplied, nothing is expanded.
 //   portable: scalar loops, a nibble's two indices from a 16-entry table (any CPU).
 // The AVX2/FMA/F16C and AVX-512 code is compiled with target attributes, so the extension builds with generic
 // flags; `cpu_has_avx2()` / `cpu_has_avx512bf16()` (__builtin_cpu_supports) decide at run time.
@@ -366,9 +367,10 @@ TFP_AVX2 void rows_bcast(const Problem& p, const float* xt, int64_t n0, int64_t 
 // 64 columns (8 code bytes, 16 groups, 32 values): the 16 nibbles widened to dwords pick their word-index
 // pairs (4g + i0, 4g + i1) from a 16-entry table held in a register (vpermd), one vpermt2w per row of x
 // selects those 32 words from x's 64 columns, and one vdpbf16ps multiplies them with the 32 values. A
-// malformed nibble (one column twice) carries bit 6 on its second index: that lane of x is zeroed (the
-// first value wins, as in the other kernels). Only the kept half is multiplied, nothing is expanded, and the
-// weights stream in 9/16 of the dense bytes. Tail groups (K % 64) go through the scalar loop.
+// malformed nibble (one column twice; checkpoints with such bitmasks are refused at load) carries bit 6 on its
+// second index: that lane of x is zeroed, so the first value wins, as in the unpacker and the expand kernel
+// (the scalar tail loop, used for the K % 64 tail groups, and the gather kernel add both values). Only the kept
+// half is multiplied, nothing is expanded, and the weights stream in 9/16 of the dense bytes.
 TFP_BF16_INLINE float hsum512(__m512 v) {  // through memory: GCC 12 warns inside its 512-bit shuffles
   alignas(64) float t[16];
   _mm512_store_ps(t, v);

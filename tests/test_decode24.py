@@ -157,7 +157,7 @@ def test_cpu_linear_reads_compressed_tensors_bitmask():
     bits = bitmask_of(w)
     as_bitmask = decode24.Decode24Weight(packed.values, bits, packed.shape, bitmask=True)
     assert torch.equal(decode24.unpack(as_bitmask), w) and torch.equal(decode24.unpack_ref(as_bitmask), w)
-    x = torch.randn(3, 96, dtype=torch.bfloat16)  # K = 96: 3 steps of 32 (dpbf16), 6 of 16, 12 of 8
+    x = torch.randn(3, 96, dtype=torch.bfloat16)  # K = 96: 1 step of 64 and 8 tail groups (dpbf16), 6 of 16, 12 of 8
     for impl in IMPLS:
         y = extension.decode24_linear(x, packed.values, bits, None, True, torch.float32, impl)
         assert rel_err(y, reference(x, w)) < 1e-5, impl
@@ -171,9 +171,9 @@ def test_cpu_linear_reads_compressed_tensors_bitmask():
 @needs_ext
 def test_dpbf16_decodes_malformed_bitmask_nibbles_as_the_unpacker():
     """A bitmask nibble without two bits (one column or none; checkpoints with such nibbles are refused at load)
-    names one column twice: the dpbf16 kernel multiplies it by the group's first value only (it zeroes the
-    second lane of x it gathers), as the C++ unpacker and the expand kernel decode it. K = 192: three full
-    64-column steps."""
+    names one column twice: in its 64-column steps the dpbf16 kernel multiplies it by the group's first value
+    only (it zeroes the second lane of x it gathers), as the C++ unpacker and the expand kernel decode it.
+    K = 192: three full steps, no tail (the scalar tail loop adds both values, like the portable kernel)."""
     if "dpbf16" not in IMPLS:
         pytest.skip("no AVX512_BF16 on this CPU")
     g = torch.Generator().manual_seed(3)
@@ -283,6 +283,37 @@ def test_sparse_linear_dispatch(fmt, monkeypatch):
     else:  # the codes come from the CUTLASS meta (no dense copy): torch's meta before its reordering
         assert torch.equal(module._decoded.codes, decode24.pack_ref(linear.weight.detach()).codes)
     assert module._decoded.values.data_ptr() == module.values.data_ptr()
+
+
+@needs_ext
+def test_sparse_linear_remembered_path_follows_settings_dtype_and_backend(monkeypatch):
+    """path() is remembered per call shape; a changed crossover setting, a cast of the module and another
+    backend are each seen at once, and prefills of any length share one entry."""
+    from tfprune import sparse
+
+    linear = torch.nn.Linear(128, 64, bias=False).to(torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(sparse24(64, 128))
+    module = sparse.SparseLinear.from_linear(linear, format="bitmask")
+    x = torch.randn(1, 128, dtype=torch.bfloat16)
+    monkeypatch.setenv("TFPRUNE_DECODE_MAX_ROWS", "4")
+    expected = "decode"
+    assert module.path(x) == expected
+    monkeypatch.setenv("TFPRUNE_DECODE_MAX_ROWS", "0")
+    assert module.path(x) == "dense"
+    monkeypatch.setenv("TFPRUNE_DECODE_MAX_ROWS", "4")
+    assert module.path(x) == expected
+    module.float()  # a cast forgets every remembered path; fp32 values with bf16 x decode too
+    assert not module._paths
+    with torch.no_grad():
+        assert module.path(x) == expected and rel_err(module(x), reference(x, linear.weight)) < 4e-3
+    module.to(torch.bfloat16)
+    assert not module._paths and module.path(x) == expected
+    module.backend = "dense"
+    assert module.path(torch.randn(40, 128, dtype=torch.bfloat16)) == "dense"
+    for rows in range(17, 60):
+        module.path(torch.randn(rows, 128, dtype=torch.bfloat16))
+    assert len(module._paths) <= 4
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -1,6 +1,8 @@
 """The dense decode kernel (csrc/dense_decode_cpu.cpp) against float64 torch, and DenseDecodeLinear / decode_head_
 / from_pretrained's decode_head: same Parameters (ties kept), the kernel only where it applies, the model's
 logits and greedy generation unchanged."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,8 +85,9 @@ def test_module_shares_parameters_and_falls_back_to_f_linear():
     assert not module32.uses_kernel(x32)
     assert torch.equal(module32(x32), F.linear(x32, linear32.weight, linear32.bias))
     x = torch.randn(1, 3, 40).to(torch.bfloat16)
-    assert module.uses_kernel(x) == kernel_available()
-    y = module(x)
+    with torch.no_grad():
+        assert module.uses_kernel(x) == kernel_available()
+        y = module(x)
     assert y.shape == (1, 3, 24) and y.dtype == torch.bfloat16
     ref = float64_linear(x.reshape(3, 40), linear.weight, linear.bias).reshape(1, 3, 24)
     assert float((y.double() - ref).abs().max()) < 0.05
@@ -136,3 +139,52 @@ def test_from_pretrained_swaps_the_head_unless_asked_not_to(tmp_path, packed):
     ids = tokenizer("Le chat", return_tensors="pt")
     assert loaded.generate(**ids, max_new_tokens=4, do_sample=False).tolist() == \
         plain.generate(**ids, max_new_tokens=4, do_sample=False).tolist()
+
+
+def test_autograd_and_shape_mismatch_take_f_linear():
+    """With a gradient needed the forward is F.linear (the kernel has no backward): the same gradients as
+    nn.Linear's; a wrong feature count gets F.linear's own error."""
+    linear = nn.Linear(48, 20).to(torch.bfloat16)
+    reference = nn.Linear(48, 20).to(torch.bfloat16)
+    reference.load_state_dict(linear.state_dict())
+    module = DenseDecodeLinear(linear)
+    x = torch.randn(1, 48).to(torch.bfloat16)
+    assert not module.uses_kernel(x)  # grad mode on and the weight requires grad
+    module(x).float().square().sum().backward()
+    reference(x).float().square().sum().backward()
+    assert torch.equal(linear.weight.grad, reference.weight.grad) and torch.equal(linear.bias.grad, reference.bias.grad)
+    with torch.no_grad():
+        assert module.uses_kernel(x) == kernel_available()
+        with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+            module(torch.randn(1, 47).to(torch.bfloat16))
+
+
+def test_untied_head_resizes_and_accelerate_hooks_are_refused():
+    from accelerate.hooks import ModelHook, add_hook_to_module
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    assert decode_head_(model) is None and isinstance(model.lm_head, nn.Linear)  # an nn.Linear still
+    model.resize_token_embeddings(100)  # transformers refuses heads that are not nn.Linear
+    assert model.lm_head.weight.shape == (100, 32)
+    hooked = LlamaForCausalLM(config).eval()
+    add_hook_to_module(hooked.lm_head, ModelHook())
+    assert "accelerate hooks" in decode_head_(hooked) and type(hooked.lm_head) is nn.Linear
+
+
+@needs_kernel
+def test_generate_runs_the_kernel(monkeypatch):
+    """Greedy generation (no grad, one token per step) goes through the kernel, not F.linear."""
+    from tfprune.sparse import dense_decode
+
+    tokenizer = spm_tokenizer()
+    model = tiny_gemma(tokenizer).to(torch.bfloat16)
+    decode_head_(model)
+    calls = []
+    original = dense_decode.extension.dense_decode_linear
+    counting = SimpleNamespace(dense_decode_linear=lambda *args: calls.append(args[0].shape) or original(*args))
+    monkeypatch.setattr(dense_decode, "extension", counting)  # the forward calls only this
+    model.generate(**tokenizer("Der Hund", return_tensors="pt"), max_new_tokens=4, do_sample=False)
+    assert calls and all(shape[0] == 1 for shape in calls)

@@ -131,8 +131,9 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype:
     loads as usual. dtype: torch dtype or name (default: as stored). format: the SparseLinears' format,
     'cutlass' (CUTLASS meta derived from the bitmask on `device`; float16/bfloat16 weights with shapes the
     layout takes, others stay 'bitmask') or 'bitmask' (kept as stored). decode_head: the LM head (an nn.Linear,
-    tied or not) becomes a DenseDecodeLinear (tfprune.sparse.dense_decode: a bf16 decode kernel on CPUs with
-    AVX512_BF16, F.linear elsewhere; same weights and results). Returns the model in eval mode."""
+    tied or not) becomes a DenseDecodeLinear (tfprune.sparse.dense_decode: for 1-16 tokens of bf16 on CPUs with
+    AVX512_BF16 a decode kernel, whose fp32 sums differ from torch's in order only, F.linear elsewhere; the same
+    Parameters). Returns the model in eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from ..models import DTYPES

@@ -162,9 +162,9 @@ class SparseLinear(nn.Module):
 
     def path(self, x: torch.Tensor) -> str:
         """The path a forward of x [..., in_features] takes: one of PATHS. It runs on every forward (126 times
-        per token in Gemma 3 270M): remembered per (device, dtype, rows of x, backend, the crossover's settings)."""
+        per token in Gemma 3 270M): remembered per (device, dtype, rows of x up to the kernels' limit, backend, the crossover's settings)."""
         rows = x.numel() // max(1, self.in_features)
-        key = (x.device, x.dtype, rows, x.shape[-1], self.backend, decode24.settings())
+        key = (x.device, x.dtype, min(rows, decode24.MAX_ROWS + 1), x.shape[-1], self.backend, decode24.settings())
         found = self._paths.get(key)
         if found is None:
             found = self._paths[key] = self._choose_path(x, rows)
