@@ -158,16 +158,22 @@ torch::Tensor decode24_linear(const torch::Tensor& x, const torch::Tensor& value
   }
   const bool bf16_inputs = xt == at::kBFloat16 && values.scalar_type() == at::kBFloat16;
   const cpu::Impl chosen = choose(impl, M, bf16_inputs);
-  auto out = torch::empty({M, N}, x.options().dtype(at::kFloat));
+  const bool bf16_out = ot == at::kBFloat16;  // the kernels round to bf16 as they store: no second pass
+  auto out = torch::empty({M, N}, x.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
   if (M > 0 && N > 0) {
-    // x padded to rows of K + 32 elements: rows K * 4 (or 2) bytes apart would share L1 sets (K = 4096...)
-    const int64_t ldx = K + 32;
+    // dpbf16 with no tail groups reads only bf16 x, within its K columns: one or two contiguous rows are read
+    // in place. Otherwise x is copied to rows of K + 32 elements: rows K * 4 (or 2) bytes apart would share L1
+    // sets (K = 4096...) when many rows of x stream together.
+    const bool in_place = chosen == cpu::Impl::kDpbf16 && K % 64 == 0 && M <= 2 && x.is_contiguous();
+    const int64_t ldx = in_place ? K : K + 32;
     torch::Tensor xf, xh;
     if (chosen != cpu::Impl::kDpbf16 || K % 64) {  // dpbf16 reads fp32 x only for its tail groups
       xf = torch::zeros({M, ldx}, x.options().dtype(at::kFloat));
       xf.narrow(1, 0, K).copy_(x);
     }
-    if (chosen == cpu::Impl::kDpbf16) {
+    if (in_place) {
+      xh = x;
+    } else if (chosen == cpu::Impl::kDpbf16) {
       xh = torch::zeros({M, ldx}, x.options());
       xh.narrow(1, 0, K).copy_(x);
     }
@@ -176,7 +182,8 @@ torch::Tensor decode24_linear(const torch::Tensor& x, const torch::Tensor& value
                          xf.defined() ? xf.data_ptr<float>() : nullptr,
                          xh.defined() ? static_cast<const uint16_t*>(xh.data_ptr()) : nullptr,
                          b.defined() ? b.data_ptr<float>() : nullptr,
-                         out.data_ptr<float>(),
+                         bf16_out ? nullptr : out.data_ptr<float>(),
+                         bf16_out ? static_cast<uint16_t*>(out.data_ptr()) : nullptr,
                          M,
                          N,
                          K,
@@ -188,7 +195,7 @@ torch::Tensor decode24_linear(const torch::Tensor& x, const torch::Tensor& value
                                                              : cpu::WType::kFp32;
     cpu::linear(p, wtype, chosen, at::get_num_threads());
   }
-  return ot == at::kFloat ? out : out.to(ot);
+  return ot == at::kFloat || bf16_out ? out : out.to(ot);
 }
 
 std::string decode24_isa() {

@@ -3,7 +3,7 @@
 // plain g++ can build them for a micro-benchmark.
 //
 // x is given as fp32 [M, K] (row stride ldx; for dpbf16 as bf16, and as fp32 only when K % 64 leaves tail groups),
-// the output as fp32 [M, N]; fp32
+// the output as fp32 or bf16 [M, N]; fp32
 // accumulation throughout. OpenMP over output rows. Kernels (the AVX2 ones for fp16/fp32, or CPUs without
 // AVX512_BF16; `auto_impl` picks by M, thresholds measured with benchmarks/bench_decode.py):
 //   gather (M <= 4): per 16 columns (two code bytes, 8 values) one table row per code byte gives the lanes
@@ -63,7 +63,8 @@ struct Problem {
   const float* x;      // null for dpbf16 when K % 64 == 0 (no tail groups)
   const uint16_t* xh;  // x as bf16 (the dpbf16 kernel only), same row stride
   const float* bias;
-  float* out;
+  float* out;            // fp32 [M, N], or null when out_bf16 is set
+  uint16_t* out_bf16;    // bf16 [M, N] (rounded to nearest even, as torch casts), or null
   int64_t M, N, K, code_bytes;
   int kind;     // 0: codes, 1: compressed-tensors' bitmask nibbles
   int64_t ldx;  // row stride of x and xh (elements): K padded so that rows do not share L1 sets
@@ -160,9 +161,21 @@ inline void tail_groups(const Problem& p, int64_t n, int64_t g0, int64_t m0, int
   }
 }
 
+// float -> bf16 bits as c10::BFloat16 rounds (nearest even; NaN -> the quiet 0x7FC0)
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
 inline void store_row(const Problem& p, int64_t n, int64_t m0, int mb, const float* acc) {
   const float b = p.bias ? p.bias[n] : 0.0f;
-  for (int i = 0; i < mb; ++i) p.out[(m0 + i) * p.N + n] = acc[i] + b;
+  if (p.out_bf16) {
+    for (int i = 0; i < mb; ++i) p.out_bf16[(m0 + i) * p.N + n] = float_to_bf16(acc[i] + b);
+  } else {
+    for (int i = 0; i < mb; ++i) p.out[(m0 + i) * p.N + n] = acc[i] + b;
+  }
 }
 
 template <typename W>

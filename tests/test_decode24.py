@@ -106,12 +106,12 @@ def test_pack_errors():
 @pytest.mark.parametrize("wdtype,xdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
                                            (torch.bfloat16, torch.float32), (torch.float32, torch.float32)])
 def test_cpu_linear_all_rows(impl, wdtype, xdtype):
-    """M = 1..16, odd N, K with tails past the 16-column steps, bias and none: fp32 accumulation."""
-    n, k = 37, 1060
-    w = sparse24(n, k, wdtype)
-    packed = decode24.pack(w)
-    bias = torch.randn(n).to(wdtype)
-    for m in range(1, 17):
+    """M = 1..16, odd N, K with tails past the 16-column steps (and K = 1024 without: dpbf16 then reads one or two
+    rows of x in place), bias and none: fp32 accumulation."""
+    for n, k, m in [(37, 1060, m) for m in range(1, 17)] + [(19, 1024, 1), (19, 1024, 2), (19, 1024, 3)]:
+        w = sparse24(n, k, wdtype)
+        packed = decode24.pack(w)
+        bias = torch.randn(n).to(wdtype)
         if not takes(impl, m, wdtype, xdtype):
             continue
         x = torch.randn(m, k).to(xdtype)
@@ -120,6 +120,7 @@ def test_cpu_linear_all_rows(impl, wdtype, xdtype):
         assert rel_err(y, reference(x, w, b)) < 1e-5, (impl, m)
         y16 = extension.decode24_linear(x, packed.values, packed.codes, b, False, None, impl)
         assert y16.dtype == xdtype
+        assert torch.equal(y16, y.to(xdtype)), (impl, m)  # bf16 rounded in the kernel exactly as torch casts
         assert rel_err(y16, reference(x, w, b)) < (1e-5 if xdtype == torch.float32 else 4e-3)
 
 
