@@ -36,9 +36,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("decode24_linear", &tfprune::decode24_linear, pybind11::arg("x"), pybind11::arg("values"),
              pybind11::arg("codes"), pybind11::arg("bias") = pybind11::none(), pybind11::arg("bitmask") = false,
              pybind11::arg("out_dtype") = pybind11::none(), pybind11::arg("impl") = "auto",
-             "x (M <= 16, K; bf16/fp16/fp32, CPU) @ W^T (+ bias (N,)) with W in the decode layout (values (N, K/2) "
+             "x (..., K; M <= 16 rows in all; bf16/fp16/fp32, CPU) @ W^T (+ bias (N,)) with W in the decode layout (values (N, K/2) "
              "bf16/fp16/fp32, codes or, with bitmask=True, compressed-tensors' bitmask (N, ceil(K/8)) uint8), fp32 "
-             "accumulation, output (M, N) in out_dtype (default x's). impl: 'auto', the AVX2 kernels 'gather' (M <= 4), "
+             "accumulation, output (..., N) in out_dtype (default x's). impl: 'auto', the AVX2 kernels 'gather' (M <= 4), "
              "'expand', 'bcast', the AVX512_BF16 kernel 'dpbf16' (bf16 x and values) or 'portable'.");
   module.def("decode24_isa", &tfprune::decode24_isa,
              "'avx512bf16' (bf16 on AVX512_BF16, AVX2 kernels otherwise), 'avx2' or 'portable': what decode24_linear "

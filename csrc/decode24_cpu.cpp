@@ -133,14 +133,15 @@ torch::Tensor decode24_unpack(const torch::Tensor& values, const torch::Tensor& 
   return dense;
 }
 
-torch::Tensor decode24_linear(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& codes,
+torch::Tensor decode24_linear(const torch::Tensor& x_in, const torch::Tensor& values, const torch::Tensor& codes,
                               const c10::optional<torch::Tensor>& bias, bool bitmask,
                               c10::optional<at::ScalarType> out_dtype, const std::string& impl) {
   check_packed(values, codes, "decode24_linear");
   const int64_t N = values.size(0), K = values.size(1) * 2;
-  TORCH_CHECK(x.dim() == 2, "decode24_linear: x must be 2-D (M, K), got ", x.sizes());
+  TORCH_CHECK(x_in.dim() >= 1, "decode24_linear: x must be (..., K), got ", x_in.sizes());
+  TORCH_CHECK(x_in.size(-1) == K, "decode24_linear: x has ", x_in.size(-1), " features, the weight takes K=", K);
+  const auto x = x_in.reshape({-1, K});  // (M, K): a view where it can be
   TORCH_CHECK(x.device().is_cpu(), "decode24_linear: CPU tensors only, got x on ", x.device());
-  TORCH_CHECK(x.size(1) == K, "decode24_linear: x has ", x.size(1), " features, the weight takes K=", K);
   const int64_t M = x.size(0);
   TORCH_CHECK(M <= cpu::kMaxRows, "decode24_linear: x has M=", M, " rows; the decode kernel takes 1..", cpu::kMaxRows,
               " (use the dense or CUTLASS path for more)");
@@ -195,7 +196,9 @@ torch::Tensor decode24_linear(const torch::Tensor& x, const torch::Tensor& value
                                                              : cpu::WType::kFp32;
     cpu::linear(p, wtype, chosen, at::get_num_threads());
   }
-  return ot == at::kFloat || bf16_out ? out : out.to(ot);
+  auto shape = x_in.sizes().vec();
+  shape.back() = N;
+  return (ot == at::kFloat || bf16_out ? out : out.to(ot)).view(shape);
 }
 
 std::string decode24_isa() {

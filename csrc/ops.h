@@ -28,8 +28,8 @@ std::tuple<torch::Tensor, torch::Tensor> sparse24_bitmask_to_cutlass_meta(const 
 std::tuple<torch::Tensor, torch::Tensor> decode24_pack(const torch::Tensor& weight);
 // (values, codes or, with bitmask, compressed-tensors' bitmask) -> dense (N, K).
 torch::Tensor decode24_unpack(const torch::Tensor& values, const torch::Tensor& codes, bool bitmask);
-// y (M, N) = x (M <= 16, K) @ W^T (+ bias), fp32 accumulation; impl: auto | gather | expand | bcast | dpbf16 |
-// portable.
+// y (..., N) = x (..., K; M <= 16 rows in all) @ W^T (+ bias), fp32 accumulation; impl: auto | gather | expand |
+// bcast | dpbf16 | portable.
 torch::Tensor decode24_linear(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& codes,
                               const c10::optional<torch::Tensor>& bias, bool bitmask,
                               c10::optional<at::ScalarType> out_dtype, const std::string& impl);

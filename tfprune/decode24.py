@@ -262,15 +262,12 @@ def run(x: torch.Tensor, packed: Decode24Weight, bias: torch.Tensor | None = Non
         out_dtype: torch.dtype | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """linear without its checks, for a caller that knows unsupported_reason(x, packed) is None (SparseLinear
     asks once per device, dtype and shape: a decode step calls it once per layer)."""
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, packed.shape[1])
     if x.device.type == "cpu":
         if out is not None:
             raise ValueError("decode24.linear: out= is for the CUDA kernel")
-        y = extension.decode24_linear(x2, packed.values, packed.codes, bias, packed.bitmask, out_dtype)
-    else:
-        y = triton_linear(x2, packed, bias, out_dtype, out)
-    return y.reshape(*lead, packed.shape[0])
+        return extension.decode24_linear(x, packed.values, packed.codes, bias, packed.bitmask, out_dtype)  # [..., N]
+    y = triton_linear(x.reshape(-1, packed.shape[1]), packed, bias, out_dtype, out)
+    return y.reshape(*x.shape[:-1], packed.shape[0])
 
 
 def triton_linear(x: torch.Tensor, packed: Decode24Weight, bias: torch.Tensor | None = None,
