@@ -464,7 +464,7 @@ TFP_BF16_INLINE void row_dpbf16_any(const Problem& p, int64_t n, __m512i pair_ta
   }
 }
 
-TFP_BF16 void run_dpbf16(const Problem& p, int threads) {
+TFP_BF16 inline void run_dpbf16(const Problem& p, int threads) {
   const __m512i pair_table = pair_index_table(p.kind);
   (void)threads;  // without OpenMP
 #pragma omp parallel for schedule(static) num_threads(threads)

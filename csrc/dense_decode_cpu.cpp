@@ -7,19 +7,10 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
-#include <algorithm>
 #include <cstdint>
 
+#include "decode24_kernels.h"  // TFP_D24_X86, TFP_BF16(_INLINE), hsum512, cpu_has_avx512bf16
 #include "ops.h"
-
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define TFP_DD_X86 1
-#include <immintrin.h>
-#define TFP_DD_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-#define TFP_DD_BF16_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline
-#else
-#define TFP_DD_X86 0
-#endif
 
 namespace {
 
@@ -27,29 +18,13 @@ constexpr int64_t kMaxRows = 16;  // rows of x the kernel takes
 constexpr int64_t kBlock = 8;     // rows of W per block
 constexpr int kRowsOfX = 2;       // rows of x per pass over a block (8 x 2 accumulators + 2 rows of x in registers)
 
-bool has_avx512bf16() {
-#if TFP_DD_X86
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
-  return has;
-#else
-  return false;
-#endif
-}
-
-#if TFP_DD_X86
-TFP_DD_BF16_INLINE float hsum(__m512 v) {  // through memory: GCC 12 warns inside its 512-bit shuffles
-  alignas(64) float t[16];
-  _mm512_store_ps(t, v);
-  float s = 0.0f;
-  for (int i = 0; i < 8; ++i) s += t[i] + t[i + 8];
-  return s;
-}
+#if TFP_D24_X86
+using tfprune::d24::cpu::hsum512;
 
 // rows n0 .. n0 + RB of W times rows m0 .. m0 + MB of x -> out[m, n] (+ bias[n])
 template <int RB, int MB>
-TFP_DD_BF16_INLINE void block(const uint16_t* w, const uint16_t* x, const float* bias, float* out, int64_t N,
-                              int64_t K, int64_t n0, int64_t m0) {
+TFP_BF16_INLINE void block(const uint16_t* w, const uint16_t* x, const float* bias, float* out, int64_t N,
+                           int64_t K, int64_t n0, int64_t m0) {
   __m512 acc[RB][MB];
   for (int r = 0; r < RB; ++r)
     for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
@@ -66,18 +41,18 @@ TFP_DD_BF16_INLINE void block(const uint16_t* w, const uint16_t* x, const float*
     }
   }
   for (int r = 0; r < RB; ++r)
-    for (int m = 0; m < MB; ++m) out[(m0 + m) * N + n0 + r] = hsum(acc[r][m]) + (bias ? bias[n0 + r] : 0.0f);
+    for (int m = 0; m < MB; ++m) out[(m0 + m) * N + n0 + r] = hsum512(acc[r][m]) + (bias ? bias[n0 + r] : 0.0f);
 }
 
 template <int RB>
-TFP_DD_BF16_INLINE void rows_of_w(const uint16_t* w, const uint16_t* x, const float* bias, float* out, int64_t M,
-                                  int64_t N, int64_t K, int64_t n0) {
+TFP_BF16_INLINE void rows_of_w(const uint16_t* w, const uint16_t* x, const float* bias, float* out, int64_t M,
+                               int64_t N, int64_t K, int64_t n0) {
   int64_t m0 = 0;
   for (; m0 + kRowsOfX <= M; m0 += kRowsOfX) block<RB, kRowsOfX>(w, x, bias, out, N, K, n0, m0);
   if (m0 < M) block<RB, 1>(w, x, bias, out, N, K, n0, m0);
 }
 
-TFP_DD_BF16 void run(const uint16_t* w, const uint16_t* x, const float* bias, float* out, int64_t M, int64_t N,
+TFP_BF16 void run(const uint16_t* w, const uint16_t* x, const float* bias, float* out, int64_t M, int64_t N,
                      int64_t K, int threads) {
   const int64_t blocks = N / kBlock;
   (void)threads;  // without OpenMP
@@ -91,11 +66,11 @@ TFP_DD_BF16 void run(const uint16_t* w, const uint16_t* x, const float* bias, fl
 
 namespace tfprune {
 
-bool dense_decode_available() { return has_avx512bf16(); }
+bool dense_decode_available() { return tfprune::d24::cpu::cpu_has_avx512bf16(); }
 
 torch::Tensor dense_decode_linear(const torch::Tensor& x, const torch::Tensor& weight,
                                   const c10::optional<torch::Tensor>& bias, c10::optional<at::ScalarType> out_dtype) {
-  TORCH_CHECK(has_avx512bf16(), "dense_decode_linear: needs a CPU with AVX512_BF16");
+  TORCH_CHECK(tfprune::d24::cpu::cpu_has_avx512bf16(), "dense_decode_linear: needs a CPU with AVX512_BF16");
   TORCH_CHECK(weight.dim() == 2 && x.dim() == 2, "dense_decode_linear: x (M, K) and weight (N, K) must be 2-D, got ",
               x.sizes(), " and ", weight.sizes());
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "dense_decode_linear: CPU tensors only");
@@ -117,7 +92,7 @@ torch::Tensor dense_decode_linear(const torch::Tensor& x, const torch::Tensor& w
   }
   auto xc = x.contiguous();
   auto out = torch::empty({M, N}, x.options().dtype(at::kFloat));
-#if TFP_DD_X86
+#if TFP_D24_X86
   if (M > 0 && N > 0)
     run(static_cast<const uint16_t*>(weight.data_ptr()), static_cast<const uint16_t*>(xc.data_ptr()),
         b.defined() ? b.data_ptr<float>() : nullptr, out.data_ptr<float>(), M, N, K, at::get_num_threads());
