@@ -151,12 +151,7 @@ torch::Tensor decode24_linear(const torch::Tensor& x_in, const torch::Tensor& va
   const auto ot = out_dtype.value_or(xt);
   TORCH_CHECK(ot == at::kBFloat16 || ot == at::kHalf || ot == at::kFloat,
               "decode24_linear: out_dtype must be bfloat16, float16 or float32, got ", ot);
-  torch::Tensor b;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N && bias->device().is_cpu(),
-                "decode24_linear: bias must be a CPU tensor of shape (", N, "), got ", bias->sizes());
-    b = bias->to(at::kFloat).contiguous();
-  }
+  const torch::Tensor b = float_bias(bias, N, "decode24_linear");
   const bool bf16_inputs = xt == at::kBFloat16 && values.scalar_type() == at::kBFloat16;
   const cpu::Impl chosen = choose(impl, M, bf16_inputs);
   const bool bf16_out = ot == at::kBFloat16;  // the kernels round to bf16 as they store: no second pass

@@ -14,17 +14,19 @@
 
 namespace {
 
-constexpr int64_t kMaxRows = 16;  // rows of x the kernel takes
+using tfprune::d24::cpu::kMaxRows;  // rows of x the kernel takes (the decode24 kernels' limit too)
 constexpr int64_t kBlock = 8;     // rows of W per block
 constexpr int kRowsOfX = 2;       // rows of x per pass over a block (8 x 2 accumulators + 2 rows of x in registers)
 
 #if TFP_D24_X86
+using tfprune::d24::cpu::float_to_bf16;
 using tfprune::d24::cpu::hsum512;
 
-// rows n0 .. n0 + RB of W times rows m0 .. m0 + MB of x -> out[m, n] (+ bias[n])
+// rows n0 .. n0 + RB of W times rows m0 .. m0 + MB of x -> out[m, n] (+ bias[n]): fp32, or bf16 into out16
+// (rounded as torch casts) when that is set
 template <int RB, int MB>
-TFP_BF16_INLINE void block(const uint16_t* w, const uint16_t* x, const float* bias, float* out, int64_t N,
-                           int64_t K, int64_t n0, int64_t m0) {
+TFP_BF16_INLINE void block(const uint16_t* w, const uint16_t* x, const float* bias, float* out, uint16_t* out16,
+                           int64_t N, int64_t K, int64_t n0, int64_t m0) {
   __m512 acc[RB][MB];
   for (int r = 0; r < RB; ++r)
     for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
@@ -41,24 +43,28 @@ TFP_BF16_INLINE void block(const uint16_t* w, const uint16_t* x, const float* bi
     }
   }
   for (int r = 0; r < RB; ++r)
-    for (int m = 0; m < MB; ++m) out[(m0 + m) * N + n0 + r] = hsum512(acc[r][m]) + (bias ? bias[n0 + r] : 0.0f);
+    for (int m = 0; m < MB; ++m) {
+      const float y = hsum512(acc[r][m]) + (bias ? bias[n0 + r] : 0.0f);
+      if (out16) out16[(m0 + m) * N + n0 + r] = float_to_bf16(y);
+      else out[(m0 + m) * N + n0 + r] = y;
+    }
 }
 
 template <int RB>
-TFP_BF16_INLINE void rows_of_w(const uint16_t* w, const uint16_t* x, const float* bias, float* out, int64_t M,
-                               int64_t N, int64_t K, int64_t n0) {
+TFP_BF16_INLINE void rows_of_w(const uint16_t* w, const uint16_t* x, const float* bias, float* out, uint16_t* out16,
+                               int64_t M, int64_t N, int64_t K, int64_t n0) {
   int64_t m0 = 0;
-  for (; m0 + kRowsOfX <= M; m0 += kRowsOfX) block<RB, kRowsOfX>(w, x, bias, out, N, K, n0, m0);
-  if (m0 < M) block<RB, 1>(w, x, bias, out, N, K, n0, m0);
+  for (; m0 + kRowsOfX <= M; m0 += kRowsOfX) block<RB, kRowsOfX>(w, x, bias, out, out16, N, K, n0, m0);
+  if (m0 < M) block<RB, 1>(w, x, bias, out, out16, N, K, n0, m0);
 }
 
-TFP_BF16 void run(const uint16_t* w, const uint16_t* x, const float* bias, float* out, int64_t M, int64_t N,
-                     int64_t K, int threads) {
+TFP_BF16 void run(const uint16_t* w, const uint16_t* x, const float* bias, float* out, uint16_t* out16, int64_t M,
+                  int64_t N, int64_t K, int threads) {
   const int64_t blocks = N / kBlock;
   (void)threads;  // without OpenMP
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t b = 0; b < blocks; ++b) rows_of_w<kBlock>(w, x, bias, out, M, N, K, b * kBlock);
-  for (int64_t n = blocks * kBlock; n < N; ++n) rows_of_w<1>(w, x, bias, out, M, N, K, n);
+  for (int64_t b = 0; b < blocks; ++b) rows_of_w<kBlock>(w, x, bias, out, out16, M, N, K, b * kBlock);
+  for (int64_t n = blocks * kBlock; n < N; ++n) rows_of_w<1>(w, x, bias, out, out16, M, N, K, n);
 }
 #endif
 
@@ -84,20 +90,17 @@ torch::Tensor dense_decode_linear(const torch::Tensor& x, const torch::Tensor& w
   const auto ot = out_dtype.value_or(at::kBFloat16);
   TORCH_CHECK(ot == at::kBFloat16 || ot == at::kHalf || ot == at::kFloat,
               "dense_decode_linear: out_dtype must be bfloat16, float16 or float32, got ", ot);
-  torch::Tensor b;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N && bias->device().is_cpu(),
-                "dense_decode_linear: bias must be a CPU tensor of shape (", N, "), got ", bias->sizes());
-    b = bias->to(at::kFloat).contiguous();
-  }
+  const torch::Tensor b = float_bias(bias, N, "dense_decode_linear");
   auto xc = x.contiguous();
-  auto out = torch::empty({M, N}, x.options().dtype(at::kFloat));
+  const bool bf16_out = ot == at::kBFloat16;  // rounded as the kernel stores: no second pass
+  auto out = torch::empty({M, N}, x.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
 #if TFP_D24_X86
   if (M > 0 && N > 0)
     run(static_cast<const uint16_t*>(weight.data_ptr()), static_cast<const uint16_t*>(xc.data_ptr()),
-        b.defined() ? b.data_ptr<float>() : nullptr, out.data_ptr<float>(), M, N, K, at::get_num_threads());
+        b.defined() ? b.data_ptr<float>() : nullptr, bf16_out ? nullptr : out.data_ptr<float>(),
+        bf16_out ? static_cast<uint16_t*>(out.data_ptr()) : nullptr, M, N, K, at::get_num_threads());
 #endif
-  return ot == at::kFloat ? out : out.to(ot);
+  return ot == at::kFloat || bf16_out ? out : out.to(ot);
 }
 
 }  // namespace tfprune

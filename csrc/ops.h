@@ -8,6 +8,14 @@
 
 namespace tfprune {
 
+// An optional bias of the CPU matmuls checked ((N,), on the CPU) and as contiguous float32, or an undefined tensor.
+inline torch::Tensor float_bias(const c10::optional<torch::Tensor>& bias, int64_t N, const char* op) {
+  if (!bias.has_value() || !bias->defined()) return {};
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N && bias->device().is_cpu(), op,
+              ": bias must be a CPU tensor of shape (", N, "), got ", bias->sizes());
+  return bias->to(at::kFloat).contiguous();
+}
+
 // First (row, group) of `weight` (out, in) whose group of m input weights holds more than n
 // non-zeros, or (-1, -1) when the matrix is n:m sparse.
 std::pair<int64_t, int64_t> nm_first_violation(const torch::Tensor& weight, int64_t n, int64_t m);
