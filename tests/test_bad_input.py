@@ -293,6 +293,10 @@ def test_tampered_packed_tensors_are_refused_by_inspect_and_from_pretrained(worl
     (["--reconstruct=-1"], "reconstruct must be a number of steps >= 0"),
     (["--reconstruct-lr", "nan"], "reconstruct_lr must be a learning rate in (0, 1)"),
     (["--reconstruct-lr", "2"], "reconstruct_lr must be a learning rate in (0, 1)"),
+    (["--keep-dense", "abc"], "--keep-dense takes a share of the weights"),
+    (["--keep-dense", "150%"], "keep_dense must be a share of the prunable weights in [0, 1)"),
+    (["--keep-dense=-0.1"], "keep_dense must be a share"),
+    (["--keep-dense", "10%", "--owl", "5,0.08"], "keep_dense and owl both allocate"),
 ])
 def test_bad_options(world, capsys, option, match, tmp_path):
     model, neighbour = world

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M, e.g. 2:4")
     p.add_argument("--protect", default=None, help="retain channels: 'topk:0.5%%' or 'int8:6.0[:0.06]'")
     p.add_argument("--owl", default=None, help="OWL layerwise sparsity 'M,lambda', e.g. 5,0.08 (unstructured)")
+    p.add_argument("--keep-dense", default=None, metavar="SHARE",
+                   help="sensitivity-aware allocation: leave dense the matrices whose pruning costs most per weight, "
+                        "up to this share of the prunable weights, e.g. 10%% or 0.1 (a dense pass first)")
     p.add_argument("--calib", default="builtin",
                    help="builtin | flores | PATH (.tsv/.jsonl/folder of {lang}.txt parallel corpus, or .txt of texts)")
     p.add_argument("--contrast", default=None, help="contrast stream for --method contrastive (same formats as --calib)")
@@ -97,11 +100,21 @@ def _config_from_args(args):
             options["owl"] = tuple(float(v) for v in args.owl.split(","))
         except ValueError:
             raise TfpruneError(f"--owl takes 'M,lambda' (two numbers, e.g. 5,0.08), got {args.owl!r}") from None
+    if args.keep_dense:
+        options["keep_dense"] = _share(args.keep_dense, "--keep-dense")
     if args.recipe == "paper":
         for key in ("nsamples", "seqlen", "shots", "direction", "langs"):
             options.pop(key)
         return PruneConfig.paper_recipe(**options)
     return PruneConfig(**options)
+
+
+def _share(text: str, option: str) -> float:
+    """'10%' or '0.1' -> 0.1."""
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise TfpruneError(f"{option} takes a share of the weights such as 10% or 0.1, got {text!r}") from None
 
 
 def _calibration_source(spec: str | None, langs):

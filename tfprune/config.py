@@ -90,6 +90,9 @@ class PruneConfig:
                 languages) | 'mono'.
     langs:      languages paired with English (None: every language of the corpus).
     owl:        (M, lambda) for OWL layerwise sparsity (unstructured only), None for uniform.
+    keep_dense: sensitivity-aware allocation: the share of the prunable weights (by count) that may stay dense,
+                given to the matrices whose pruning alone costs the block's output most per weight (a dense
+                pass before pruning, tfprune.engine.plan); 0 = every matrix pruned.
     tau:        threshold of the |x| > τ count statistic (taken from an 'int8' protect rule if given).
     batch_size: calibration prompts per forward pass; report_topk: large-magnitude channels reported per layer.
     update:     'obs' corrects the kept weights by SparseGPT's OBS update (H = XᵀX of the translation stream),
@@ -113,6 +116,7 @@ class PruneConfig:
     direction: str = "x2en"
     langs: tuple[str, ...] | None = None
     owl: tuple[float, float] | None = None
+    keep_dense: float = 0.0
     tau: float = 6.0
     batch_size: int = 8
     report_topk: int = 8
@@ -156,6 +160,11 @@ class PruneConfig:
                     or self.owl[0] <= 0 or not 0 <= self.owl[1] < 0.5):
                 raise ConfigError(f"owl must be two finite numbers (M > 0, 0 <= lambda < 0.5), got {self.owl}")
             object.__setattr__(self, "owl", tuple(float(v) for v in self.owl))
+        if isinstance(self.keep_dense, bool) or not (isinstance(self.keep_dense, (int, float))
+                                                     and 0 <= self.keep_dense < 1):
+            raise ConfigError(f"keep_dense must be a share of the prunable weights in [0, 1), got {self.keep_dense!r}")
+        if self.keep_dense > 0 and self.owl is not None:
+            raise ConfigError("keep_dense and owl both allocate sparsity across layers: use one of them")
         if not (self.tau > 0 and math.isfinite(self.tau)):
             raise ConfigError(f"tau must be a positive number, got {self.tau}")
         if self.update is None:

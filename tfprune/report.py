@@ -37,6 +37,7 @@ class PruneReport:
     calibration_tokens: int = 0
     block_sparsity: list[float] = field(default_factory=list)
     reconstruction: list[dict] = field(default_factory=list)  # per block: asdict(BlockReconstruction)
+    kept_dense: list[str] = field(default_factory=list)  # matrices the layer plan left dense ("3.mlp.down_proj")
 
     @property
     def sparsity(self) -> float:
@@ -64,6 +65,12 @@ class PruneReport:
         if self.reconstruction:
             errors = " ".join(f"{r['index']}:{r['error_before']:.3g}->{r['error_after']:.3g}" for r in self.reconstruction)
             lines.append(f"block reconstruction, relative output error on the calibration batches: {errors}")
+        if self.kept_dense:
+            shapes = {layer.name: layer.shape for layer in self.layers}
+            weights = sum(shapes[name][0] * shapes[name][1] for name in self.kept_dense)
+            total = sum(shape[0] * shape[1] for shape in shapes.values())
+            lines.append(f"kept dense by sensitivity: {len(self.kept_dense)} matrices, {100 * weights / total:.1f} % of "
+                         f"the prunable weights: {', '.join(self.kept_dense)}")
         gpu = f", peak GPU memory {self.peak_gpu_memory_bytes / 2**20:.0f} MiB" if self.peak_gpu_memory_bytes else ""
         lines.append(f"{len(self.layers)} layers, overall sparsity {self.sparsity:.4f}, "
                      f"{self.calibration_tokens} calibration tokens, {self.seconds:.1f} s, "

@@ -19,10 +19,11 @@ from ..report import LayerReport
 from ..stats import ChannelStats
 from .discovery import Target
 
-__all__ = ["prune_target", "UNSEEN_NOTE"]
+__all__ = ["prune_target", "kept_dense_report", "UNSEEN_NOTE", "KEPT_DENSE_NOTE"]
 
 log = logging.getLogger("tfprune")
 UNSEEN_NOTE = "no calibration token reached it: pruned by magnitude"
+KEPT_DENSE_NOTE = "kept dense (sensitivity-aware allocation)"
 
 
 def prune_target(name: str, target: Target, stats: dict[str, ChannelStats], config: PruneConfig,
@@ -63,6 +64,11 @@ def prune_target(name: str, target: Target, stats: dict[str, ChannelStats], conf
         sparsegpt.sparsegpt_prune_(weight, hessian, keep=keep, blocksize=config.obs_blocksize, name=name)
         ops.apply_mask_(weight, keep)
     return _report(name, weight, translation, protect, violations, config, sparsity, start)
+
+
+def kept_dense_report(name: str, target: Target, translation: ChannelStats, config: PruneConfig) -> LayerReport:
+    """The report of a matrix the layer plan leaves dense (target sparsity 0, the weight untouched)."""
+    return _report(name, target.matrix(), translation, None, 0, config, 0.0, time.perf_counter(), KEPT_DENSE_NOTE)
 
 
 def _report(name: str, weight: torch.Tensor, translation: ChannelStats, protect, violations: int,

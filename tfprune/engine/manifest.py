@@ -17,7 +17,7 @@ __all__ = ["Manifest", "partial_dir", "MANIFEST_FILE"]
 
 MANIFEST_FILE = "tfprune-manifest.json"
 LOCK_FILE = ".tfprune.lock"
-VERSION = 1
+VERSION = 2
 
 
 def partial_dir(out: str | Path) -> Path:
@@ -41,7 +41,7 @@ def _differences(old, new, prefix="") -> list[str]:
 
 class Manifest:
     """identity: everything that determines the output bytes (model, checkpoint fingerprint, options,
-    calibration hash, dtype, device type, format, shard plan). steps: {'non_layer': {...}, 'owl': [...],
+    calibration hash, dtype, device type, format, shard plan). steps: {'non_layer': {...}, 'plan': {...},
     'layers': [{'index', 'checksums', 'reports', 'seconds'}, ...]} in the order they finished."""
 
     def __init__(self, folder: Path, identity: dict, data: dict, lock_fd: int):
@@ -82,7 +82,7 @@ class Manifest:
             raise RunMismatchError(f"{folder} exists without a {MANIFEST_FILE}: not a tfprune partial run, "
                                    "refusing to write into it; delete it to start over")
         else:
-            data = {"version": VERSION, "identity": identity, "non_layer": None, "owl": None, "layers": []}
+            data = {"version": VERSION, "identity": identity, "non_layer": None, "plan": None, "layers": []}
         manifest = cls(folder, identity, data, lock_fd)
         manifest.save()
         return manifest

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import masks, ops, sparsegpt
+from .. import sparsegpt
 from ..calib import build_calibration
 from ..config import PruneConfig
 from ..errors import ConfigError
@@ -25,11 +25,12 @@ from .calibrate import collect_block_stats, needs_unpadded_batches
 from .activations import ActivationStore
 from .capture import capture_layer_inputs, run_block
 from .discovery import check_architecture, decoder_layers, targets
-from .layer import prune_target
+from .layer import kept_dense_report, prune_target
+from .plan import LayerPlan, make_plan, measure_block, needs_dense_pass, uniform_plan
 from .reconstruct import BlockReconstruction, reconstruct_block_
 from .weights import check_finite_weights
 
-__all__ = ["prune", "calibration_streams", "prune_block", "BlockResult", "block_outlier_ratio", "check_prunable",
+__all__ = ["prune", "calibration_streams", "prune_block", "BlockResult", "check_prunable", "dense_pass_plan",
            "effective_batch_size", "forward_block"]
 
 log = logging.getLogger("tfprune")
@@ -43,23 +44,21 @@ def forward_block(block: nn.Module, index: int, store: ActivationStore) -> None:
 
 
 @torch.no_grad()
-def owl_block_sparsities(model: nn.Module, inputs: ActivationStore, config: PruneConfig) -> list[float]:
-    """OWL: a dense pass over all blocks measuring each block's outlier ratio of Wanda scores, then the
-    layerwise sparsities (mean = config.sparsity)."""
-    ratios = []
-    for index, block in enumerate(decoder_layers(model)):
-        ratios.append(block_outlier_ratio(block, index, inputs, config))
+def dense_pass_plan(model: nn.Module, inputs: ActivationStore, config: PruneConfig,
+                    progress: bool = False) -> LayerPlan:
+    """The layer plan: uniform, or from a dense pass over all blocks (tfprune.engine.plan) when the options
+    need one; `inputs` are the first block's inputs again afterwards."""
+    blocks = decoder_layers(model)
+    if not needs_dense_pass(config):
+        return uniform_plan(config, len(blocks))
+    originals = [item.hidden for item in inputs]
+    measures = []
+    for index, block in enumerate(tqdm(blocks, desc="dense pass", unit="block", disable=not progress)):
+        measures.append(measure_block(block, index, inputs, config))
         forward_block(block, index, inputs)
-    return masks.owl_sparsities(ratios, config.sparsity, config.owl[1])
-
-
-@torch.no_grad()
-def block_outlier_ratio(block: nn.Module, index: int, inputs, config: PruneConfig) -> float:
-    """OWL's outlier ratio of one dense block: the share of its Wanda scores above M × their mean (matrices
-    that received no token are left out)."""
-    stats = collect_block_stats(block, index, inputs, config.tau)["translation"]
-    seen = [(target.matrix(), stats[name].norm) for name, target in targets(block).items() if int(stats[name].n)]
-    return ops.outlier_ratio([w for w, _ in seen], [v for _, v in seen], config.owl[0])
+    for i, hidden in enumerate(originals):
+        inputs.put(i, hidden)
+    return make_plan(measures, config)
 
 
 def calibration_streams(tokenizer, config: PruneConfig, calib=None, contrast_calib=None) -> dict:
@@ -90,10 +89,11 @@ class BlockResult:
 
 @torch.no_grad()
 def prune_block(block: nn.Module, index: int, inputs, config: PruneConfig, sparsity: float,
-                first_seed: int) -> BlockResult:
+                first_seed: int, dense=()) -> BlockResult:
     """One step of the sequential engine (shared by the in-memory and streaming engines): calibrate block
-    `index` on `inputs`, prune every matrix in it in place (matrix i gets seed first_seed + i) and, with
-    config.reconstruct, fit the pruned block to the dense block's outputs."""
+    `index` on `inputs`, prune every matrix in it in place (matrix i gets seed first_seed + i) but those named
+    in `dense` (the plan's, left as they are) and, with config.reconstruct, fit the pruned block to the dense
+    block's outputs."""
     hessians = sparsegpt.HessianCollector() if config.update == "obs" else None
     goals: list[torch.Tensor] = []  # the dense block's outputs: the reconstruction's targets
     keep_goal = None
@@ -111,6 +111,9 @@ def prune_block(block: nn.Module, index: int, inputs, config: PruneConfig, spars
     for name, target in targets(block).items():
         per_stream = {stream: stats[stream][name] for stream in stats}
         label = f"{index}.{name}"
+        if name in dense:  # its H (if any) is freed with the collector
+            reports.append(kept_dense_report(label, target, per_stream["translation"], config))
+            continue
         hessian = None
         if hessians is not None and int(per_stream["translation"].n):
             hessian = hessians.pop_factor(name, config.dampening, label)
@@ -161,15 +164,12 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, calib=None, contrast
             for item in capture_layer_inputs(model, calibration, stream, batch_size):
                 inputs.append(item)
         blocks = decoder_layers(model)
-        sparsities = [config.sparsity] * len(blocks)
-        if config.owl is not None:
-            originals = [item.hidden for item in inputs]
-            sparsities = owl_block_sparsities(model, inputs, config)
-            for i, hidden in enumerate(originals):
-                inputs.put(i, hidden)
-        report = PruneReport(calibration_tokens=streams["translation"].tokens, block_sparsity=sparsities)
+        plan = dense_pass_plan(model, inputs, config, progress)
+        report = PruneReport(calibration_tokens=streams["translation"].tokens, block_sparsity=plan.sparsities,
+                             kept_dense=plan.kept())
         for index, block in enumerate(tqdm(blocks, desc="pruning", unit="block", disable=not progress)):
-            result = prune_block(block, index, inputs, config, sparsities[index], config.seed + len(report.layers))
+            result = prune_block(block, index, inputs, config, plan.sparsities[index], config.seed + len(report.layers),
+                                 dense=plan.dense[index])
             report.layers += result.reports
             if result.reconstruction is not None:
                 report.reconstruction.append(asdict(result.reconstruction))

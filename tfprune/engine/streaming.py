@@ -42,7 +42,8 @@ from .checkpoint import DTYPES, INDEX_FILE, Checkpoint, ShardFiles, parse_size, 
 from .discovery import decoder_layers, targets
 from .manifest import Manifest, partial_dir
 from .reconstruct import fitted_parameter_names
-from .sequential import (block_outlier_ratio, calibration_streams, check_prunable, effective_batch_size,
+from .plan import LayerPlan, make_plan, measure_block, needs_dense_pass, uniform_plan
+from .sequential import (calibration_streams, check_prunable, effective_batch_size,
                          forward_block, prune_block)
 from .skeleton import Layout, build_skeleton, free, layer_bytes, materialize, pre_layer_weights, working_bytes
 from .stream_output import OUTPUT_FORMATS, OutputFormat
@@ -59,7 +60,7 @@ SCRATCH_FILE = "activations.scratch"
 class StreamingSummary:
     """What a streaming run did: layers (resumed: replayed from a partial output), where the activations
     lived, bytes read from the checkpoint / written / read back to verify, wall time, peak memory, and the
-    seconds per phase (copy, capture, owl, replay, read, prune, write, forward, verify)."""
+    seconds per phase (copy, capture, plan, replay, read, prune, write, forward, verify)."""
 
     layers: int = 0
     resumed_layers: int = 0
@@ -287,18 +288,18 @@ class _Run:
         with summary.phase("capture"):
             self.store = self.capture()
         summary.tier, summary.activation_bytes = self.store.tier, self.store.nbytes
-        with summary.phase("owl"):
-            sparsities = self.owl_sparsities()
+        with summary.phase("plan"):
+            plan = self.layer_plan()
         with summary.phase("replay"):
             summary.resumed_layers = self.replay()
-        self.prune_layers(sparsities)
+        self.prune_layers(plan)
         with summary.phase("verify"):
             self.verify()
         layers = [LayerReport(**{**r, "shape": tuple(r["shape"]),
                                  "top_channels": [tuple(c) for c in r["top_channels"]]})
                   for layer in self.manifest.layers for r in layer["reports"]]
         report = PruneReport(layers=layers, calibration_tokens=self.streams["translation"].tokens,
-                             block_sparsity=list(sparsities),
+                             block_sparsity=list(plan.sparsities), kept_dense=plan.kept(),
                              reconstruction=[layer["reconstruction"] for layer in self.manifest.layers
                                              if layer.get("reconstruction")])
         summary.bytes_read, summary.bytes_written = self.checkpoint.bytes_read, self.shards.bytes_written
@@ -400,28 +401,28 @@ class _Run:
         materialize(block, self.layout.layer_tensors(index, tensors), self.device)
         return block
 
-    def owl_sparsities(self) -> list[float]:
-        """Uniform, or OWL's: one dense pass over the layers (read from the checkpoint) for the outlier ratios,
-        once per run (kept in the manifest); the pass consumes the activations, so they are captured again."""
-        config = self.config
-        if config.owl is None:
-            return [config.sparsity] * len(self.layout.layers)
-        if self.manifest.data["owl"] is not None:
-            return self.manifest.data["owl"]
-        from .. import masks
-
-        log.info("OWL: dense pass over %d layers for the outlier ratios", len(self.layout.layers))
-        ratios = []
-        for index, keys in enumerate(self.layout.layer_keys):
+    def layer_plan(self) -> LayerPlan:
+        """Uniform, or from a dense pass over the layers (read from the checkpoint) when the options need one
+        (tfprune.engine.plan), once per run (kept in the manifest); the pass consumes the activations, so they
+        are captured again."""
+        config, layers = self.config, len(self.layout.layers)
+        if not needs_dense_pass(config):
+            return uniform_plan(config, layers)
+        if self.manifest.data.get("plan") is not None:
+            return LayerPlan.from_dict(self.manifest.data["plan"])
+        log.info("dense pass over %d layers for the layer plan", layers)
+        measures = []
+        for index, keys in enumerate(tqdm(self.layout.layer_keys, desc="dense pass", unit="layer",
+                                          disable=not self.progress)):
             block = self._materialize(index, self.checkpoint.load(keys))
-            ratios.append(block_outlier_ratio(block, index, self.store, config))
+            measures.append(measure_block(block, index, self.store, config))
             forward_block(block, index, self.store)
             free(block)
-        sparsities = masks.owl_sparsities(ratios, config.sparsity, config.owl[1])
-        self.manifest.set("owl", sparsities)
+        plan = make_plan(measures, config)
+        self.manifest.set("plan", plan.to_dict())
         self.store.close()
         self.store = self.capture()
-        return sparsities
+        return plan
 
     def replay(self) -> int:
         """Rebuild the activations of a resumed run: run the finished layers again with the pruned weights read
@@ -441,7 +442,7 @@ class _Run:
             log.info("resumed: %d of %d layers were finished and verified", finished, len(self.layout.layers))
         return finished
 
-    def prune_layers(self, sparsities: list[float]) -> None:
+    def prune_layers(self, plan: LayerPlan) -> None:
         """Per layer: read, materialize, calibrate and prune, write, recompute the outputs, free, record."""
         summary, config, blocks = self.summary, self.config, decoder_layers(self.skeleton)
         first = len(self.manifest.layers)
@@ -456,7 +457,8 @@ class _Run:
                     block = self._materialize(index, tensors)
                 seed = config.seed + sum(len(layer["reports"]) for layer in self.manifest.layers)
                 with summary.phase("prune"):
-                    result = prune_block(block, index, self.store, config, sparsities[index], seed)
+                    result = prune_block(block, index, self.store, config, plan.sparsities[index], seed,
+                                         dense=plan.dense[index])
                 with summary.phase("write"):
                     checksums, zeros, numel = self._write_layer(block, index, tensors,
                                                                 fitted=result.reconstruction is not None)

@@ -1,0 +1,178 @@
+"""Sensitivity-aware allocation (keep_dense): the greedy budget, the measured costs against a plain transformers
+forward with a float64 Wanda mask, both engines (same bytes, resumable), both output formats (bad --keep-dense values:
+test_bad_input.py)."""
+import copy
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tfprune
+from tfprune import PruneConfig
+from tfprune.builtin import build_model
+from tfprune.calib import build_calibration
+from tfprune.cli import main
+from tfprune.engine import plan as plan_module
+from tfprune.engine import streaming
+from tfprune.engine.capture import capture_layer_inputs
+from tfprune.engine.discovery import decoder_layers, targets
+from tfprune.engine.layer import KEPT_DENSE_NOTE
+from tfprune.engine.plan import dense_allocation, measure_block
+from tfprune.engine.streaming import prune_streaming
+from tfprune.models import load_model
+
+TINY = dict(nsamples=4, seqlen=32, batch_size=2)
+CLI_TINY = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet"]
+
+
+def test_dense_allocation_is_a_greedy_knapsack_by_cost_per_weight():
+    costs = {"a": (8.0, 40), "b": (3.0, 10), "c": (2.0, 20), "d": (0.0, 5), "e": (1.0, 25)}
+    # per weight: b 0.3, a 0.2, c 0.1, e 0.04, d 0; total 100 weights
+    assert dense_allocation(costs, 0.5) == ["a", "b"]        # b (10), a (50 used); c would make 70
+    assert dense_allocation(costs, 0.35) == ["b", "c"]       # b; a is too large for what is left; c fits (30)
+    assert dense_allocation(costs, 0.09) == []               # b alone is 10 % of the weights
+    assert dense_allocation(costs, 0.999) == ["a", "b", "c", "e"]  # d costs nothing: never kept
+    assert dense_allocation({"x": (1.0, 10), "y": (1.0, 10)}, 0.5) == ["x"]  # ties: by key
+    assert dense_allocation(costs, 0.0) == []
+
+
+def wanda_24_float64(weight: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """Reference: the 2:4 mask keeping, in every group of 4 inputs, the two largest |W|·‖X‖₂ (float64)."""
+    score = weight.double().abs() * norm.double()
+    groups = score.reshape(weight.shape[0], -1, 4)
+    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(2, dim=-1).indices, True)
+    return keep.reshape(weight.shape)
+
+
+@torch.no_grad()
+def block_outputs(model, ids, index):
+    """The output hidden states [B, T, H] of decoder block `index` in a plain forward of `model`."""
+    seen = {}
+    hook = decoder_layers(model)[index].register_forward_hook(
+        lambda _m, _a, out: seen.setdefault("y", out[0] if isinstance(out, tuple) else out))
+    try:
+        model(input_ids=ids)
+    finally:
+        hook.remove()
+    return seen["y"]
+
+
+@torch.no_grad()
+def test_costs_match_a_plain_forward_with_one_matrix_pruned():
+    model, _ = build_model("llama", layers=2)
+    ids = torch.randint(3, model.config.vocab_size, (4, 24))
+    config = PruneConfig(pattern="2:4", keep_dense=0.3, nsamples=4, seqlen=24, batch_size=2)
+    inputs = list(capture_layer_inputs(model, build_calibration(ids, None, config), "translation", 2))
+    norms = {}
+    for index in (0, 1):
+        block = decoder_layers(model)[index]
+        hooks = [target.module.register_forward_hook(
+            lambda _m, args, _o, name=name: norms.__setitem__(
+                name, norms.get(name, 0) + args[0].double().reshape(-1, args[0].shape[-1]).square().sum(0)))
+            for name, target in targets(block).items()]
+        dense_y = block_outputs(model, ids, index).double()
+        for hook in hooks:
+            hook.remove()
+        measured = measure_block(block, index, inputs, config).costs
+        assert set(measured) == set(targets(block))
+        for name, target in targets(block).items():
+            pruned = copy.deepcopy(model)
+            weight = targets(decoder_layers(pruned)[index])[name].matrix()
+            weight.mul_(wanda_24_float64(weight, norms[name].sqrt()))
+            error = (block_outputs(pruned, ids, index).double() - dense_y).square().sum(-1)
+            expected = float((error / dense_y.square().sum(-1)).mean())
+            assert measured[name][0] == pytest.approx(expected, rel=1e-4), (index, name)
+            assert measured[name][1] == weight.numel()
+        norms.clear()
+        # the next block's inputs: the dense block's outputs, from the plain forward (2 prompts per batch)
+        inputs = [replace(item, hidden=dense_y[2 * i:2 * i + 2].to(item.hidden.dtype)) for i, item in enumerate(inputs)]
+
+
+def save_checkpoint(folder, family="llama", **options):
+    model, tokenizer = build_model(family, **options)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def streamed_tensors(folder):
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    tensors = {}
+    for file in sorted(set(index["weight_map"].values())):
+        tensors.update(load_file(folder / file))
+    return tensors
+
+
+@pytest.mark.parametrize("reconstruct", [0, 3])
+def test_kept_matrices_stay_dense_the_rest_is_24_and_both_engines_agree(tmp_path, monkeypatch, reconstruct):
+    checkpoint = save_checkpoint(tmp_path / "ckpt", layers=3)
+    config = PruneConfig(pattern="2:4", keep_dense=0.25, reconstruct=reconstruct, reconstruct_lr=1e-3, **TINY)
+    model, tokenizer = load_model(str(checkpoint))
+    original = {name: p.clone() for name, p in model.named_parameters()}
+    report = tfprune.prune(model, tokenizer, config, progress=False)
+    kept = set(report.kept_dense)
+    layers = {layer.name: layer for layer in report.layers}
+    assert kept and kept < set(layers)
+    assert sum(layers[n].shape[0] * layers[n].shape[1] for n in kept) <= 0.25 * sum(
+        layer.shape[0] * layer.shape[1] for layer in layers.values())
+    for name, layer in layers.items():
+        index, _, local = name.partition(".")
+        weight = targets(decoder_layers(model)[int(index)])[local].matrix()
+        if name in kept:
+            assert layer.note == KEPT_DENSE_NOTE and layer.target_sparsity == 0 and layer.sparsity == 0
+            if not reconstruct:
+                assert torch.equal(weight, original[f"model.layers.{index}.{local}.weight"])
+        else:
+            groups = (weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1)
+            assert (groups <= 2).all() and layer.sparsity == pytest.approx(0.5)
+    assert f"kept dense by sensitivity: {len(kept)} matrices" in report.table()
+
+    measured = []
+    monkeypatch.setattr(streaming, "measure_block",
+                        lambda *args: measured.append(args[1]) or plan_module.measure_block(*args))
+    verify = streaming._Run.verify
+    calls = []
+
+    def crash_once(run):  # every layer written, then interrupted: the resumed run takes the plan from the manifest
+        calls.append(run)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return verify(run)
+
+    monkeypatch.setattr(streaming._Run, "verify", crash_once)
+    with pytest.raises(KeyboardInterrupt):
+        prune_streaming(str(checkpoint), tmp_path / "out", config, progress=False, shard_size="90KB")
+    streamed_report, summary = prune_streaming(str(checkpoint), tmp_path / "out", config, progress=False,
+                                               shard_size="90KB")
+    assert measured == [0, 1, 2] and summary.resumed_layers == 3
+    assert streamed_report.kept_dense == report.kept_dense
+    expected = model.state_dict()
+    for name, tensor in streamed_tensors(tmp_path / "out").items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def test_compressed_tensors_packs_the_pruned_and_leaves_the_kept_dense(tmp_path, capsys):
+    from tfprune.sparse import SparseLinear, from_pretrained
+
+    checkpoint = save_checkpoint(tmp_path / "ckpt", layers=2)
+    out = tmp_path / "packed"
+    assert main(["prune", str(checkpoint), "--out", str(out), "--pattern", "2:4", "--keep-dense", "25%",
+                 "--reconstruct", "0", "--format", "compressed-tensors", "--no-streaming", *CLI_TINY]) == 0
+    kept = json.loads((out / "tfprune.json").read_text())["report"]["kept_dense"]
+    assert kept
+    ignore = json.loads((out / "config.json").read_text())["quantization_config"]["sparsity_config"]["ignore"]
+    assert {f"model.layers.{name}" for name in kept} <= set(ignore)
+    model = from_pretrained(out)
+    for name in kept:
+        module = model.get_submodule(f"model.layers.{name}")
+        assert type(module) is torch.nn.Linear
+    assert any(isinstance(m, SparseLinear) for m in model.modules())
+
+    capsys.readouterr()
+    code = main(["prune", str(checkpoint), "--out", str(tmp_path / "s"), "--pattern", "2:4", "--keep-dense", "25%",
+                 "--format", "compressed-tensors", "--streaming", *CLI_TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and "keep_dense with format compressed-tensors" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
