@@ -176,6 +176,9 @@ def run(model_dir: str, patterns, variants, budget: int, seqlen: int, seed: int,
             row = {"pattern": pattern, "variant": label + suffix, "stream": stream, "config": config.to_dict(),
                    "calibration_tokens": report.calibration_tokens, "prune_seconds": seconds, "ppl": ppl,
                    "summary": summarize(ppl, dense)}
+            if report.kept_dense:  # sensitivity-aware allocation: which matrices, and the share of weights
+                row["kept_dense"] = report.kept_dense
+                row["density"] = 1 - report.sparsity
             if tasks:
                 row["tasks"] = zero_shot(model, tokenizer, tasks)
             record["runs"].append(row)

@@ -15,11 +15,11 @@ from tfprune.builtin import build_model
 from tfprune.calib import build_calibration
 from tfprune.cli import main
 from tfprune.engine import plan as plan_module
-from tfprune.engine import streaming
+from tfprune.engine import sequential, streaming
 from tfprune.engine.capture import capture_layer_inputs
 from tfprune.engine.discovery import decoder_layers, targets
 from tfprune.engine.layer import KEPT_DENSE_NOTE
-from tfprune.engine.plan import dense_allocation, measure_block
+from tfprune.engine.plan import BlockMeasure, LayerPlan, dense_allocation, make_plan, measure_block
 from tfprune.engine.streaming import prune_streaming
 from tfprune.models import load_model
 
@@ -36,6 +36,31 @@ def test_dense_allocation_is_a_greedy_knapsack_by_cost_per_weight():
     assert dense_allocation(costs, 0.999) == ["a", "b", "c", "e"]  # d costs nothing: never kept
     assert dense_allocation({"x": (1.0, 10), "y": (1.0, 10)}, 0.5) == ["x"]  # ties: by key
     assert dense_allocation(costs, 0.0) == []
+
+
+def test_the_plan_keeps_each_block_s_own_matrices():
+    measures = [BlockMeasure(costs={"a": (1.0, 10), "b": (5.0, 10)}), BlockMeasure(costs={"a": (9.0, 10), "b": (0.0, 10)})]
+    plan = make_plan(measures, PruneConfig(pattern="2:4", keep_dense=0.5))
+    assert plan.dense == [["b"], ["a"]] and plan.kept() == ["0.b", "1.a"] and plan.sparsities == [0.5, 0.5]
+    assert LayerPlan.from_dict(plan.to_dict()) == plan
+
+
+def test_a_kept_linear_releases_its_share_of_a_hessian():
+    from tfprune.sparsegpt import HessianCollector
+
+    collector = HessianCollector()
+    shared, alone = torch.randn(6, 4), torch.randn(6, 4)
+    real = torch.ones(6, dtype=torch.bool)
+    collector.new_batch()
+    for name, inp in (("q", shared), ("k", shared), ("v", shared), ("o", alone)):
+        collector.add(name, inp, inp, real)
+    collector.discard("o")
+    assert set(collector.hessians) == {"q"}
+    collector.discard("q")  # the owner of the shared H: k and v still take it
+    assert set(collector.hessians) == {"q"}
+    collector.pop_factor("k")
+    collector.discard("v")  # the last one left: the factor goes too
+    assert not collector.hessians and not collector._factors
 
 
 def wanda_24_float64(weight: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
@@ -130,27 +155,38 @@ def test_kept_matrices_stay_dense_the_rest_is_24_and_both_engines_agree(tmp_path
     assert f"kept dense by sensitivity: {len(kept)} matrices" in report.table()
 
     measured = []
-    monkeypatch.setattr(streaming, "measure_block",
+    monkeypatch.setattr(sequential, "measure_block",
                         lambda *args: measured.append(args[1]) or plan_module.measure_block(*args))
-    verify = streaming._Run.verify
-    calls = []
+    original = streaming.prune_block
 
-    def crash_once(run):  # every layer written, then interrupted: the resumed run takes the plan from the manifest
-        calls.append(run)
-        if len(calls) == 1:
+    def interrupt_at_second_layer(block, index, *args, **kwargs):
+        if index == 1:
             raise KeyboardInterrupt
-        return verify(run)
+        return original(block, index, *args, **kwargs)
 
-    monkeypatch.setattr(streaming._Run, "verify", crash_once)
+    monkeypatch.setattr(streaming, "prune_block", interrupt_at_second_layer)
     with pytest.raises(KeyboardInterrupt):
         prune_streaming(str(checkpoint), tmp_path / "out", config, progress=False, shard_size="90KB")
+    monkeypatch.setattr(streaming, "prune_block", original)
     streamed_report, summary = prune_streaming(str(checkpoint), tmp_path / "out", config, progress=False,
                                                shard_size="90KB")
-    assert measured == [0, 1, 2] and summary.resumed_layers == 3
+    assert measured == [0, 1, 2] and summary.resumed_layers == 1  # the resumed run took the plan from the manifest
     assert streamed_report.kept_dense == report.kept_dense
     expected = model.state_dict()
     for name, tensor in streamed_tensors(tmp_path / "out").items():
         assert torch.equal(tensor, expected[name]), name
+
+
+def test_kept_matrices_with_the_obs_update_and_sparsegpt():
+    for options in (dict(update="obs"), dict(method="sparsegpt")):
+        model, tokenizer = build_model("llama", layers=2)
+        original = {name: p.clone() for name, p in model.named_parameters()}
+        report = tfprune.prune(model, tokenizer, PruneConfig(pattern="2:4", keep_dense=0.3, reconstruct=0, **options,
+                                                             **TINY), progress=False)
+        assert report.kept_dense
+        for name in report.kept_dense:
+            key = f"model.layers.{name}.weight"
+            assert torch.equal(model.get_parameter(key), original[key])
 
 
 def test_compressed_tensors_packs_the_pruned_and_leaves_the_kept_dense(tmp_path, capsys):
@@ -169,6 +205,8 @@ def test_compressed_tensors_packs_the_pruned_and_leaves_the_kept_dense(tmp_path,
         module = model.get_submodule(f"model.layers.{name}")
         assert type(module) is torch.nn.Linear
     assert any(isinstance(m, SparseLinear) for m in model.modules())
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0 and "keep dense 0.25" in capsys.readouterr().out
 
     capsys.readouterr()
     code = main(["prune", str(checkpoint), "--out", str(tmp_path / "s"), "--pattern", "2:4", "--keep-dense", "25%",

@@ -55,7 +55,8 @@ def inspect_dir(path: str | Path) -> str:
     record = read_json(record_file)
     config = record.get("config") or {}
     lines = [f"{path}: model {record.get('model', '?')}, method {config.get('method')}, "
-             f"pattern {config.get('pattern')}, sparsity {config.get('sparsity')}, protect {config.get('protect')}"]
+             f"pattern {config.get('pattern')}, sparsity {config.get('sparsity')}, protect {config.get('protect')}"
+             + (f", keep dense {config['keep_dense']:g}" if config.get("keep_dense") else "")]
     sparsities = weight_sparsity(path)
     pruned = {name: value for name, value in sparsities.items() if value >= 0.01}
     for name, value in pruned.items():

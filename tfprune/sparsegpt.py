@@ -305,6 +305,19 @@ class HessianCollector:
             self.hessians[owner] = hessian.to("cpu")
         return True
 
+    def discard(self, name: str) -> None:
+        """`name` will not take its factor (the layer plan keeps it dense): its share is released, H (or its
+        factor) as soon as no other linear sharing it is left to take it."""
+        owner = self.owner.pop(name, None)
+        if owner is None:
+            return
+        if owner in self._factors:
+            self._users[owner] -= 1
+            if not self._users[owner]:
+                del self._factors[owner], self._users[owner]
+        elif owner not in self.owner.values():
+            self.hessians.pop(owner, None)
+
     def pop_factor(self, name: str, dampening: float = 0.01, label: str | None = None) -> HessianFactor:
         """The factorization of `name`'s H; computed once per shared H, whose memory is released as soon
         as it is factorized, and the factor when the last linear sharing it has taken it. label: for logs."""

@@ -41,7 +41,7 @@ def _differences(old, new, prefix="") -> list[str]:
 
 class Manifest:
     """identity: everything that determines the output bytes (model, checkpoint fingerprint, options,
-    calibration hash, dtype, device type, format, shard plan). steps: {'non_layer': {...}, 'plan': {...},
+    calibration hash, dtype, device type, format, shard plan). steps: {'non_layer': {...}, 'layer_plan': {...},
     'layers': [{'index', 'checksums', 'reports', 'seconds'}, ...]} in the order they finished."""
 
     def __init__(self, folder: Path, identity: dict, data: dict, lock_fd: int):
@@ -70,9 +70,14 @@ class Manifest:
                 os.close(lock_fd)
                 raise RunMismatchError(f"{path} is corrupt or empty ({error}): the partial run cannot be resumed; "
                                        f"delete {folder} to start over") from None
-            if data.get("version") != VERSION or data.get("identity") != identity:
+            if data.get("version") != VERSION:
                 os.close(lock_fd)
-                differences = _differences(data.get("identity", {}), identity) or ["manifest version"]
+                raise RunMismatchError(f"{folder} holds a partial run written by another version of tfprune "
+                                       f"(manifest version {data.get('version')!r}, this one reads {VERSION}): it "
+                                       f"cannot be resumed; delete {folder} to start over")
+            if data.get("identity") != identity:
+                os.close(lock_fd)
+                differences = _differences(data.get("identity", {}), identity)
                 raise RunMismatchError(
                     f"{folder} holds a partial run of a different command, refusing to mix them:\n  "
                     + "\n  ".join(differences[:12])
@@ -82,7 +87,7 @@ class Manifest:
             raise RunMismatchError(f"{folder} exists without a {MANIFEST_FILE}: not a tfprune partial run, "
                                    "refusing to write into it; delete it to start over")
         else:
-            data = {"version": VERSION, "identity": identity, "non_layer": None, "plan": None, "layers": []}
+            data = {"version": VERSION, "identity": identity, "non_layer": None, "layer_plan": None, "layers": []}
         manifest = cls(folder, identity, data, lock_fd)
         manifest.save()
         return manifest

@@ -7,6 +7,8 @@ matrix dense: the mean over real calibration tokens of ‖B̃(X)_t − B(X)_t‖
 that one matrix pruned by Wanda's score |W_ij|·‖X_j‖₂ at the run's pattern against the dense block's output
 (per token, because the next normalization divides every token by its own RMS). The matrices with the largest
 cost per weight stay dense, greedily, while their weights stay within `keep_dense` × all prunable weights.
+Its cost: (matrices + 2) forwards of each block over the calibration batches, and the dense outputs (one more
+copy of the activations) while a block is measured.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from ..errors import NonFiniteActivationError
 from .calibrate import collect_block_stats
 from .capture import run_block
 from .discovery import targets
+from .reconstruct import goal_keeper
 
 __all__ = ["LayerPlan", "BlockMeasure", "needs_dense_pass", "uniform_plan", "measure_block", "make_plan",
            "block_outlier_ratio", "dense_allocation"]
@@ -37,6 +40,10 @@ class LayerPlan:
 
     sparsities: list[float]
     dense: list[list[str]] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.dense:
+            self.dense = [[] for _ in self.sparsities]
 
     def kept(self) -> list[str]:
         """The matrices left dense, as '{block}.{name}'."""
@@ -64,7 +71,7 @@ def needs_dense_pass(config: PruneConfig) -> bool:
 
 
 def uniform_plan(config: PruneConfig, blocks: int) -> LayerPlan:
-    return LayerPlan([config.sparsity] * blocks, [[] for _ in range(blocks)])
+    return LayerPlan([config.sparsity] * blocks)
 
 
 @torch.no_grad()
@@ -81,10 +88,11 @@ def block_outlier_ratio(block: nn.Module, index: int, inputs, config: PruneConfi
 def token_relative_error(block: nn.Module, index: int, inputs, goals: list[torch.Tensor]) -> float:
     """Mean over the real tokens of the translation batches of ‖block(X)_t − Y_t‖² / ‖Y_t‖² (float64)."""
     total, count = 0.0, 0
+    streams = [item.stream for item in getattr(inputs, "items", inputs)]  # without loading a stored batch
     for i in range(len(inputs)):
-        item = inputs[i]
-        if item.stream != "translation":
+        if streams[i] != "translation":
             continue
+        item = inputs[i]
         output = run_block(block, item, index)
         real = item.token_mask.reshape(output.shape[:2])
         goal = goals[i].to(output.device)[real].double()
@@ -105,9 +113,11 @@ def matrix_costs(block: nn.Module, index: int, inputs, config: PruneConfig, stat
             costs[name] = (0.0, weight.numel())
             continue
         saved = weight.clone()
-        ops.prune_weight_(weight, "wanda", sparsity=config.sparsity, nm=config.nm, norm=stats[name].norm)
-        cost = token_relative_error(block, index, inputs, goals)
-        weight.copy_(saved)
+        try:
+            ops.prune_weight_(weight, "wanda", sparsity=config.sparsity, nm=config.nm, norm=stats[name].norm)
+            cost = token_relative_error(block, index, inputs, goals)
+        finally:
+            weight.copy_(saved)
         if not math.isfinite(cost):
             raise NonFiniteActivationError(f"block {index}: the output of {name} pruned alone is not finite; "
                                            "check the model's dtype and the calibration")
@@ -120,7 +130,7 @@ def measure_block(block: nn.Module, index: int, inputs, config: PruneConfig) -> 
     """The dense pass's measurements on block `index` (dense, fed the dense model's activations)."""
     goals: list[torch.Tensor] = []
     stats = collect_block_stats(block, index, inputs, config.tau,
-                                on_output=goals.append if config.keep_dense > 0 else None)["translation"]
+                                on_output=goal_keeper(inputs, goals) if config.keep_dense > 0 else None)["translation"]
     measure = BlockMeasure()
     if config.owl is not None:
         measure.outlier_ratio = block_outlier_ratio(block, index, inputs, config, stats)

@@ -24,7 +24,7 @@ from ..errors import NonFiniteActivationError
 from .capture import run_block
 from .discovery import targets
 
-__all__ = ["BlockReconstruction", "reconstruct_block_", "relative_error", "fitted_parameter_names"]
+__all__ = ["BlockReconstruction", "reconstruct_block_", "relative_error", "fitted_parameter_names", "goal_keeper"]
 
 log = logging.getLogger("tfprune")
 
@@ -39,6 +39,13 @@ class BlockReconstruction:
     error_after: float
     steps: int
     seconds: float
+
+
+def goal_keeper(inputs, goals: list[torch.Tensor]):
+    """The on_output callback of collect_block_stats that appends the dense block's output [B, T, H] of each
+    batch to `goals`: on the device when the activations are there, else in host memory beside them."""
+    on_device = getattr(inputs, "tier", "device") == "device"
+    return lambda output: goals.append(output if on_device else output.cpu())
 
 
 def _cast(value, dtype: torch.dtype):

@@ -27,10 +27,10 @@ from .capture import capture_layer_inputs, run_block
 from .discovery import check_architecture, decoder_layers, targets
 from .layer import kept_dense_report, prune_target
 from .plan import LayerPlan, make_plan, measure_block, needs_dense_pass, uniform_plan
-from .reconstruct import BlockReconstruction, reconstruct_block_
+from .reconstruct import BlockReconstruction, goal_keeper, reconstruct_block_
 from .weights import check_finite_weights
 
-__all__ = ["prune", "calibration_streams", "prune_block", "BlockResult", "check_prunable", "dense_pass_plan",
+__all__ = ["prune", "calibration_streams", "prune_block", "BlockResult", "check_prunable", "dense_pass",
            "effective_batch_size", "forward_block"]
 
 log = logging.getLogger("tfprune")
@@ -44,20 +44,14 @@ def forward_block(block: nn.Module, index: int, store: ActivationStore) -> None:
 
 
 @torch.no_grad()
-def dense_pass_plan(model: nn.Module, inputs: ActivationStore, config: PruneConfig,
-                    progress: bool = False) -> LayerPlan:
-    """The layer plan: uniform, or from a dense pass over all blocks (tfprune.engine.plan) when the options
-    need one; `inputs` are the first block's inputs again afterwards."""
-    blocks = decoder_layers(model)
-    if not needs_dense_pass(config):
-        return uniform_plan(config, len(blocks))
-    originals = [item.hidden for item in inputs]
+def dense_pass(blocks, inputs, config: PruneConfig, total: int, progress: bool = False) -> LayerPlan:
+    """The layer plan from a dense pass (tfprune.engine.plan): each dense block in turn measured on `inputs`,
+    then run on them for the next. blocks: (index, block) pairs in order, `total` of them (the streaming
+    engine materializes each from the checkpoint and frees it after). `inputs` end as the last block's outputs."""
     measures = []
-    for index, block in enumerate(tqdm(blocks, desc="dense pass", unit="block", disable=not progress)):
+    for index, block in tqdm(blocks, total=total, desc="dense pass", unit="block", disable=not progress):
         measures.append(measure_block(block, index, inputs, config))
         forward_block(block, index, inputs)
-    for i, hidden in enumerate(originals):
-        inputs.put(i, hidden)
     return make_plan(measures, config)
 
 
@@ -96,11 +90,8 @@ def prune_block(block: nn.Module, index: int, inputs, config: PruneConfig, spars
     block's outputs."""
     hessians = sparsegpt.HessianCollector() if config.update == "obs" else None
     goals: list[torch.Tensor] = []  # the dense block's outputs: the reconstruction's targets
-    keep_goal = None
-    if config.reconstruct:
-        on_device = getattr(inputs, "tier", "device") == "device"
-        keep_goal = lambda output: goals.append(output if on_device else output.cpu())  # noqa: E731
-    stats = collect_block_stats(block, index, inputs, config.tau, hessians=hessians, on_output=keep_goal)
+    stats = collect_block_stats(block, index, inputs, config.tau, hessians=hessians,
+                                on_output=goal_keeper(inputs, goals) if config.reconstruct else None)
     if hessians is not None:
         log.info("block %d: %s on %s, freed after its linears", index, hessians.describe(),
                  next(block.parameters()).device)
@@ -111,7 +102,9 @@ def prune_block(block: nn.Module, index: int, inputs, config: PruneConfig, spars
     for name, target in targets(block).items():
         per_stream = {stream: stats[stream][name] for stream in stats}
         label = f"{index}.{name}"
-        if name in dense:  # its H (if any) is freed with the collector
+        if name in dense:
+            if hessians is not None:
+                hessians.discard(name)
             reports.append(kept_dense_report(label, target, per_stream["translation"], config))
             continue
         hessian = None
@@ -164,7 +157,12 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, calib=None, contrast
             for item in capture_layer_inputs(model, calibration, stream, batch_size):
                 inputs.append(item)
         blocks = decoder_layers(model)
-        plan = dense_pass_plan(model, inputs, config, progress)
+        plan = uniform_plan(config, len(blocks))
+        if needs_dense_pass(config):
+            originals = [item.hidden for item in inputs]
+            plan = dense_pass(enumerate(blocks), inputs, config, len(blocks), progress)
+            for i, hidden in enumerate(originals):
+                inputs.put(i, hidden)
         report = PruneReport(calibration_tokens=streams["translation"].tokens, block_sparsity=plan.sparsities,
                              kept_dense=plan.kept())
         for index, block in enumerate(tqdm(blocks, desc="pruning", unit="block", disable=not progress)):

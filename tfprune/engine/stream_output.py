@@ -41,10 +41,6 @@ class OutputFormat:
             if config.nm != (2, 4):
                 raise ConfigError(f"format compressed-tensors writes 2:4 weights: it needs pattern 2:4, got "
                                   f"{config.pattern}")
-            if config.keep_dense > 0:
-                raise ConfigError("keep_dense with format compressed-tensors is not supported by the streaming "
-                                  "engine (its shard plan precedes the dense pass): use --no-streaming, or write "
-                                  "--format dense")
             self._plan_packing(skeleton, layout, checkpoint)
 
     def _plan_packing(self, skeleton: nn.Module, layout, checkpoint: Checkpoint) -> None:

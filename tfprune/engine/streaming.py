@@ -41,10 +41,10 @@ from .capture import arguments_nbytes, capture_layer_inputs, first_block_input, 
 from .checkpoint import DTYPES, INDEX_FILE, Checkpoint, ShardFiles, parse_size, plan_shards
 from .discovery import decoder_layers, targets
 from .manifest import Manifest, partial_dir
+from .plan import LayerPlan, needs_dense_pass, uniform_plan
 from .reconstruct import fitted_parameter_names
-from .plan import LayerPlan, make_plan, measure_block, needs_dense_pass, uniform_plan
-from .sequential import (calibration_streams, check_prunable, effective_batch_size,
-                         forward_block, prune_block)
+from .sequential import (calibration_streams, check_prunable, dense_pass, effective_batch_size, forward_block,
+                         prune_block)
 from .skeleton import Layout, build_skeleton, free, layer_bytes, materialize, pre_layer_weights, working_bytes
 from .stream_output import OUTPUT_FORMATS, OutputFormat
 
@@ -60,7 +60,7 @@ SCRATCH_FILE = "activations.scratch"
 class StreamingSummary:
     """What a streaming run did: layers (resumed: replayed from a partial output), where the activations
     lived, bytes read from the checkpoint / written / read back to verify, wall time, peak memory, and the
-    seconds per phase (copy, capture, plan, replay, read, prune, write, forward, verify)."""
+    seconds per phase (copy, capture, layer_plan, replay, read, prune, write, forward, verify)."""
 
     layers: int = 0
     resumed_layers: int = 0
@@ -161,6 +161,9 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"output format {output_format!r} is not supported; choose one of "
                           f"{', '.join(OUTPUT_FORMATS)}")
+    if output_format == "compressed-tensors" and config.keep_dense > 0:
+        raise ConfigError("keep_dense with format compressed-tensors is not supported by the streaming engine (its "
+                          "shard plan precedes the dense pass): use --no-streaming, or write --format dense")
     budget = max_memory if isinstance(max_memory, MemoryBudget) else MemoryBudget.parse(max_memory)
     shard_bytes = parse_size(shard_size)
     requested = NAMED[dtype] if isinstance(dtype, str) else dtype
@@ -288,7 +291,7 @@ class _Run:
         with summary.phase("capture"):
             self.store = self.capture()
         summary.tier, summary.activation_bytes = self.store.tier, self.store.nbytes
-        with summary.phase("plan"):
+        with summary.phase("layer_plan"):
             plan = self.layer_plan()
         with summary.phase("replay"):
             summary.resumed_layers = self.replay()
@@ -369,8 +372,9 @@ class _Run:
         fixed = layer_bytes(skeleton, itemsize) + working_bytes(skeleton, config, largest, itemsize)
         if config.reconstruct:  # the float32 block, its gradients and Adam's two moments: 16 bytes per weight
             fixed += layer_bytes(skeleton, 4) * 4
-        # with reconstruction the dense block's outputs (its targets) sit beside the activations
-        tier, reason = choose_tier(activations * (2 if config.reconstruct else 1), fixed, self.device, self.budget)
+        # with reconstruction (and in keep_dense's dense pass) the dense block's outputs sit beside the activations
+        copies = 2 if config.reconstruct or config.keep_dense else 1
+        tier, reason = choose_tier(activations * copies, fixed, self.device, self.budget)
         log.info("calibration activations: %.2f GiB (%d batches of [B, T, %d] %s) on %s: %s", activations / 2**30,
                  len(batches), hidden_size, str(self.compute).replace("torch.", ""), tier, reason)
         store = ActivationStore(tier, self.device, self.shards.folder / SCRATCH_FILE)
@@ -408,21 +412,23 @@ class _Run:
         config, layers = self.config, len(self.layout.layers)
         if not needs_dense_pass(config):
             return uniform_plan(config, layers)
-        if self.manifest.data.get("plan") is not None:
-            return LayerPlan.from_dict(self.manifest.data["plan"])
+        if self.manifest.data.get("layer_plan") is not None:
+            return LayerPlan.from_dict(self.manifest.data["layer_plan"])
         log.info("dense pass over %d layers for the layer plan", layers)
-        measures = []
-        for index, keys in enumerate(tqdm(self.layout.layer_keys, desc="dense pass", unit="layer",
-                                          disable=not self.progress)):
-            block = self._materialize(index, self.checkpoint.load(keys))
-            measures.append(measure_block(block, index, self.store, config))
-            forward_block(block, index, self.store)
-            free(block)
-        plan = make_plan(measures, config)
-        self.manifest.set("plan", plan.to_dict())
+        plan = dense_pass(self._dense_blocks(), self.store, config, layers, self.progress)
+        self.manifest.set("layer_plan", plan.to_dict())
         self.store.close()
         self.store = self.capture()
         return plan
+
+    def _dense_blocks(self):
+        """(index, dense block) for every layer in order, each read from the checkpoint and freed after use."""
+        for index, keys in enumerate(self.layout.layer_keys):
+            block = self._materialize(index, self.checkpoint.load(keys))
+            try:
+                yield index, block
+            finally:
+                free(block)
 
     def replay(self) -> int:
         """Rebuild the activations of a resumed run: run the finished layers again with the pruned weights read
@@ -461,7 +467,8 @@ class _Run:
                                          dense=plan.dense[index])
                 with summary.phase("write"):
                     checksums, zeros, numel = self._write_layer(block, index, tensors,
-                                                                fitted=result.reconstruction is not None)
+                                                                fitted=result.reconstruction is not None,
+                                                                dense=plan.dense[index])
                     del tensors
                 with summary.phase("forward"):
                     forward_block(block, index, self.store)
@@ -483,14 +490,15 @@ class _Run:
         finally:
             bar.close()
 
-    def _write_layer(self, block, index: int, tensors: dict, fitted: bool = False) -> tuple[dict, int, int]:
-        """Write one pruned layer: the groups holding pruned weights (and, when the block was reconstructed
-        (`fitted`), its normalization weights) from the block (in their checkpoint dtype, mapped back to the
+    def _write_layer(self, block, index: int, tensors: dict, fitted: bool = False, dense=()) -> tuple[dict, int, int]:
+        """Write one pruned layer: the groups holding pruned weights (not the matrices the plan left `dense`,
+        unless the block was reconstructed (`fitted`): then also its normalization weights) from the block (in their checkpoint dtype, mapped back to the
         checkpoint's layout, packed by the format), every other tensor as read. The block keeps what a resumed
         run will read back (the dtype round trip, the packing round trip) for its output forward."""
         layout = self.layout
         prefix = f"{layout.path}.{index}."
-        names = fitted_parameter_names(block) if fitted else {t.parameter_name for t in targets(block).values()}
+        names = (fitted_parameter_names(block) if fitted
+                 else {t.parameter_name for name, t in targets(block).items() if name not in dense})
         pruned = {prefix + name for name in names}
         params = block.state_dict(keep_vars=True)
         written = {key: tensors[key] for key in layout.passthrough[index]}
