@@ -195,16 +195,18 @@ def markdown(record: dict) -> str:
     """The table of benchmarks/README.md: one row per run."""
     sets = list(record["dense"])
     langs = list(record["dense"]["heldout"])
-    head = ("| pattern | variant | calib | tokens | " + " | ".join(f"{name} non-En | {name} En" for name in sets)
+    head = ("| pattern | variant | calib | tokens | recon. steps | "
+            + " | ".join(f"{name} non-En | {name} En" for name in sets)
             + " | " + " | ".join(langs) + " | prune s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in record["runs"]:
         s, r = row["summary"], row["summary"]["heldout"]["ratios"]
-        lines.append(f"| {row['pattern']} | {row['variant']} | {row['stream']} | {row['calibration_tokens']} | "
+        steps = row["config"].get("reconstruct") or "–"
+        lines.append(f"| {row['pattern']} | {row['variant']} | {row['stream']} | {row['calibration_tokens']} | {steps} | "
                      + " | ".join(f"{s[name]['non_english']:.2f}× | {s[name]['english']:.2f}×" for name in sets)
                      + " | " + " | ".join(f"{r[lang]:.2f}" for lang in langs) + f" | {row['prune_seconds']:.0f} |")
     dense = record["dense"]["heldout"]
-    lines.append("| – | dense ppl | – | – | " + " | ".join("– | –" for _ in sets) + " | "
+    lines.append("| – | dense ppl | – | – | – | " + " | ".join("– | –" for _ in sets) + " | "
                  + " | ".join(f"{dense[lang]:.1f}" for lang in langs) + " | – |")
     if "dense_tasks" in record:
         lines += ["", task_markdown(record)]

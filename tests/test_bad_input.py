@@ -20,7 +20,7 @@ from tfprune.engine.manifest import MANIFEST_FILE, partial_dir
 from tfprune.errors import TfpruneError
 from tfprune.outdir import LOCK_FILE
 
-FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet"]
+FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet", "--reconstruct", "4"]  # not 256 (time)
 ENGINES = [["--no-streaming"], ["--streaming", "--shard-size", "90KB"]]
 
 

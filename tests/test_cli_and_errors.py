@@ -13,7 +13,7 @@ from tfprune.errors import (CalibrationError, ConfigError, NonFiniteActivationEr
 from tfprune.io import atomic_output_dir
 from tfprune.report import PruneReport
 
-FAST = ["--nsamples", "4", "--seqlen", "48", "--quiet"]
+FAST = ["--nsamples", "4", "--seqlen", "48", "--quiet", "--reconstruct", "4"]  # at 2:4 not the default 256 (time)
 
 
 def test_cli_prune_and_inspect(tmp_path, capsys):

@@ -172,13 +172,13 @@ def test_block_reconstruction_fits_the_dense_block_and_keeps_the_pattern(tiny_mo
 def test_reconstruction_is_the_default_for_nm_patterns_only():
     """The quality benchmark's best 2:4 (benchmarks/README.md): reconstruction on by default for N:M, off for
     unstructured and for the calibration-free baselines; an explicit number always wins."""
-    assert PruneConfig(pattern="2:4").reconstruct == 64 and PruneConfig(pattern="4:8", method="ria").reconstruct == 64
-    assert PruneConfig(pattern="2:4", method="sparsegpt").reconstruct == 64
+    assert PruneConfig(pattern="2:4").reconstruct == 256 and PruneConfig(pattern="4:8", method="ria").reconstruct == 256
+    assert PruneConfig(pattern="2:4", method="sparsegpt").reconstruct == 256
     assert PruneConfig().reconstruct == 0 and PruneConfig(sparsity=0.7).reconstruct == 0
     assert PruneConfig(pattern="2:4", method="magnitude").reconstruct == 0
     assert PruneConfig(pattern="2:4", reconstruct=0).reconstruct == 0
     assert PruneConfig(sparsity=0.5, reconstruct=8).reconstruct == 8
-    assert PruneConfig(**PruneConfig(pattern="2:4").to_dict()).reconstruct == 64  # a record replays as run
+    assert PruneConfig(**PruneConfig(pattern="2:4").to_dict()).reconstruct == 256  # a record replays as run
 
 
 def test_reconstruction_restores_every_tensor_to_its_own_dtype(tiny_model):

@@ -177,7 +177,7 @@ def test_report_against_baseline(tiny_model, eval_data):
 def test_cli_eval_pruned_vs_dense(tmp_path, eval_data, capsys):
     pruned = tmp_path / "pruned"
     assert main(["prune", "builtin:llama", "--out", str(pruned), "--pattern", "2:4", "--nsamples", "4",
-                 "--seqlen", "32", "--quiet"]) == 0
+                 "--seqlen", "32", "--quiet", "--reconstruct", "4"]) == 0
     out = tmp_path / "eval.json"
     assert main(["eval", str(pruned), "--baseline", "builtin:llama", "--data", str(eval_data), "--n", "6",
                  "--langs", "en,de", "--ppl-n", "3", "--bootstrap", "100", "--out", str(out)]) == 0

@@ -143,7 +143,7 @@ def test_save_refuses_unpruned_model(tmp_path):
 def test_cli_prune_compressed_tensors(tmp_path, capsys):
     out = tmp_path / "ct"
     argv = ["prune", "builtin:llama", "--out", str(out), "--pattern", "2:4", "--format", "compressed-tensors",
-            "--nsamples", "4", "--seqlen", "32", "--quiet", "--no-streaming"]
+            "--nsamples", "4", "--seqlen", "32", "--quiet", "--no-streaming", "--reconstruct", "4"]
     assert cli.main(argv) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["sparsity_config"]["format"] == "sparse-24-bitmask"

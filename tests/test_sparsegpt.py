@@ -316,9 +316,9 @@ def test_hook_hessian_shares_inputs_excludes_padding_and_matches_sumsq(llama):
 
 def test_engine_sparsegpt_and_obs_update(tmp_path):
     for family, config in (
-            ("llama", PruneConfig(method="sparsegpt", pattern="2:4", nsamples=4, seqlen=96, blocksize=32)),
+            ("llama", PruneConfig(method="sparsegpt", pattern="2:4", nsamples=4, seqlen=96, blocksize=32, reconstruct=0)),
             ("llama", PruneConfig(method="sparsegpt", sparsity=0.6, nsamples=4, seqlen=96, protect="topk:5%")),
-            ("gpt2", PruneConfig(method="sparsegpt", pattern="2:4", nsamples=4, seqlen=64))):  # Conv1D: [in, out]
+            ("gpt2", PruneConfig(method="sparsegpt", pattern="2:4", nsamples=4, seqlen=64, reconstruct=4))):  # Conv1D
         model, tokenizer = build_model(family)
         report = prune(model, tokenizer, config, progress=False)
         for layer in report.layers:
@@ -335,7 +335,8 @@ def test_engine_sparsegpt_and_obs_update(tmp_path):
     runs = {}
     for update in ("none", "obs"):
         model, tokenizer = build_model("llama")
-        prune(model, tokenizer, PruneConfig(pattern="2:4", nsamples=4, seqlen=96, update=update), progress=False)
+        prune(model, tokenizer, PruneConfig(pattern="2:4", nsamples=4, seqlen=96, update=update, reconstruct=0),
+              progress=False)
         runs[update] = {name: weight_matrix(m).clone() for name, m in find_linears(decoder_layers(model)[0]).items()}
     for name, w in runs["obs"].items():
         assert torch.equal(w == 0, runs["none"][name] == 0)
@@ -348,7 +349,7 @@ def test_cli(tmp_path):
     assert (args.method, args.update, args.dampening, args.blocksize) == ("sparsegpt", None, 0.05, 64)
     out = tmp_path / "out"
     code = main(["prune", "builtin:llama", "--out", str(out), "--pattern", "2:4", "--update", "obs",
-                 "--nsamples", "4", "--seqlen", "64", "--quiet"])
+                 "--nsamples", "4", "--seqlen", "64", "--quiet", "--reconstruct", "4"])
     assert code == 0
     record = json.loads((out / "tfprune.json").read_text())
     assert record["config"]["update"] == "obs" and record["config"]["dampening"] == 0.01

@@ -24,8 +24,9 @@ from tfprune.engine.streaming import KILL_AFTER_LAYER_ENV, prune_streaming
 from tfprune.errors import RunMismatchError
 from tfprune.models import load_model
 
-TINY = dict(nsamples=4, seqlen=32, batch_size=2)
-CLI_TINY = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet", "--streaming", "--shard-size", "90KB"]
+TINY = dict(nsamples=4, seqlen=32, batch_size=2, reconstruct=4)  # at 2:4: 4 steps, not the default 256 (time)
+CLI_TINY = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet", "--streaming", "--shard-size", "90KB",
+            "--reconstruct", "4"]
 
 
 def save_checkpoint(folder: Path, family: str, **options) -> Path:
@@ -84,7 +85,7 @@ def test_streaming_is_bit_identical_to_in_memory(family, tmp_path):
 def test_block_reconstruction_streams_to_the_same_weights(tmp_path, tier, dtype):
     """The fitted norms are written too (in bf16 the block's tensors are no longer the ones read)."""
     checkpoint = save_checkpoint(tmp_path / "ckpt", "qwen2", layers=3, dtype=dtype)
-    config = PruneConfig(**TINY, pattern="2:4", reconstruct=6, reconstruct_lr=1e-3)
+    config = PruneConfig(**{**TINY, "reconstruct": 6}, pattern="2:4", reconstruct_lr=1e-3)
     report, summary = prune_streaming(str(checkpoint), tmp_path / "out", config, progress=False, max_memory=tier)
     assert summary.tier == ("device" if tier is None else "disk")  # on a CPU the next tier is the scratch file
     streamed, original = output_tensors(tmp_path / "out"), Checkpoint(checkpoint)

@@ -18,7 +18,7 @@ from tfprune.errors import VocabError
 from tfprune.vocab import VOCAB_FILE, TrimOptions, trim_checkpoint, trim_vocab
 from tfprune.vocab.model import trim_model_
 
-FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet"]
+FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet", "--reconstruct", "4"]  # not 256 (time)
 
 
 def tensors_of(folder):
@@ -117,7 +117,7 @@ def test_compressed_tensors_checkpoint_stays_packed_and_matches_in_memory(tmp_pa
     same tensors (decoder still packed), same quantization_config; tfprune.from_pretrained loads it."""
     from tfprune.sparse import SparseLinear, from_pretrained
 
-    config = PruneConfig(pattern="2:4", nsamples=4, seqlen=32, batch_size=2)
+    config = PruneConfig(pattern="2:4", nsamples=4, seqlen=32, batch_size=2, reconstruct=4)
     model, tokenizer = build_model("llama")
     tfprune.prune(model, tokenizer, config, progress=False)
     tfprune.save_pruned(model, tokenizer, tmp_path / "ct", config, format="compressed-tensors")

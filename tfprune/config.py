@@ -63,7 +63,7 @@ class ProtectRule:
         return rule
 
 
-DEFAULT_RECONSTRUCT_STEPS = 64  # the real-model benchmark's setting (benchmarks/README.md, "Quality")
+DEFAULT_RECONSTRUCT_STEPS = 256  # the best 2:4 the real-model benchmark found (benchmarks/README.md, "Quality")
 BASELINE_METHODS = ("magnitude", "random")
 
 
