@@ -15,7 +15,7 @@ else
   MODEL=builtin:llama
 fi
 echo "== 1/3 prune $MODEL to 2:4 (wanda on translation demonstrations, then block-wise reconstruction: 16 steps"
-echo "   of 2 prompts per block, to stay within minutes; the default, 64 steps of 8 prompts, is better and ~16x longer)"
+echo "   of 2 prompts per block, to stay within minutes; the default, 256 steps of 8 prompts, is better and ~64x longer)"
 "$TFPRUNE" prune "$MODEL" --out demo-out --overwrite --pattern 2:4 --nsamples 32 --seqlen 256 \
   --reconstruct 16 --batch-size 2
 "$TFPRUNE" inspect demo-out | tail -1

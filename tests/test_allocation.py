@@ -23,7 +23,7 @@ from tfprune.engine.plan import BlockMeasure, LayerPlan, dense_allocation, make_
 from tfprune.engine.streaming import prune_streaming
 from tfprune.models import load_model
 
-TINY = dict(nsamples=4, seqlen=32, batch_size=2)  # every test here sets reconstruct
+TINY = dict(nsamples=4, seqlen=32, batch_size=2)  # every test here that prunes sets reconstruct
 CLI_TINY = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet"]
 
 

@@ -7,6 +7,7 @@ import tfprune
 from tfprune import PruneConfig
 from tfprune.builtin import BUILTIN_FAMILIES, PLANTED_CHANNELS
 from tfprune.calib import build_calibration
+from tfprune.cli import _config_from_args, build_parser
 from tfprune.engine import decoder_layers, find_linears, targets, weight_matrix
 from tfprune.engine.calibrate import collect_block_stats
 from tfprune.engine.capture import capture_layer_inputs
@@ -41,8 +42,8 @@ def test_unstructured_prune_save_and_reload(family, tiny_model, tmp_path):
 @pytest.mark.parametrize("pattern,n,m", [("2:4", 2, 4), ("4:8", 4, 8)])
 def test_nm_prune_keeps_exactly_n_per_group(family, pattern, n, m, tiny_model):
     model, tokenizer = tiny_model(family)
-    report = tfprune.prune(model, tokenizer, PruneConfig(pattern=pattern, **SMALL), progress=False)
-    assert report.sparsity == pytest.approx(1 - n / m)
+    report = tfprune.prune(model, tokenizer, PruneConfig(pattern=pattern, reconstruct=4, **SMALL), progress=False)
+    assert report.sparsity == pytest.approx(1 - n / m)  # the fit (4 steps, not the default 256: time) keeps it exact
     for block in decoder_layers(model):
         for module in find_linears(block).values():
             weight = weight_matrix(module)
@@ -65,7 +66,7 @@ def test_planted_channels_are_detected_and_protected(tiny_model):
 
 def test_protection_collides_with_nm_and_is_counted(tiny_model):
     model, tokenizer = tiny_model("llama")
-    report = tfprune.prune(model, tokenizer, PruneConfig(protect="topk:10%", pattern="1:4", **SMALL), progress=False)
+    report = tfprune.prune(model, tokenizer, PruneConfig(protect="topk:10%", pattern="1:4", reconstruct=0, **SMALL), progress=False)
     layer = report.layers[0]
     groups = torch.zeros(64, dtype=torch.bool)
     groups[layer.protected] = True
@@ -179,6 +180,8 @@ def test_reconstruction_is_the_default_for_nm_patterns_only():
     assert PruneConfig(pattern="2:4", reconstruct=0).reconstruct == 0
     assert PruneConfig(sparsity=0.5, reconstruct=8).reconstruct == 8
     assert PruneConfig(**PruneConfig(pattern="2:4").to_dict()).reconstruct == 256  # a record replays as run
+    args = build_parser().parse_args(["prune", "m", "--out", "o", "--pattern", "2:4"])
+    assert _config_from_args(args).reconstruct == 256  # the CLI's default is the library's
 
 
 def test_reconstruction_restores_every_tensor_to_its_own_dtype(tiny_model):

@@ -24,9 +24,8 @@ from tfprune.engine.streaming import KILL_AFTER_LAYER_ENV, prune_streaming
 from tfprune.errors import RunMismatchError
 from tfprune.models import load_model
 
-TINY = dict(nsamples=4, seqlen=32, batch_size=2, reconstruct=4)  # at 2:4: 4 steps, not the default 256 (time)
-CLI_TINY = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet", "--streaming", "--shard-size", "90KB",
-            "--reconstruct", "4"]
+TINY = dict(nsamples=4, seqlen=32, batch_size=2)
+CLI_TINY = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet", "--streaming", "--shard-size", "90KB"]
 
 
 def save_checkpoint(folder: Path, family: str, **options) -> Path:
@@ -85,7 +84,7 @@ def test_streaming_is_bit_identical_to_in_memory(family, tmp_path):
 def test_block_reconstruction_streams_to_the_same_weights(tmp_path, tier, dtype):
     """The fitted norms are written too (in bf16 the block's tensors are no longer the ones read)."""
     checkpoint = save_checkpoint(tmp_path / "ckpt", "qwen2", layers=3, dtype=dtype)
-    config = PruneConfig(**{**TINY, "reconstruct": 6}, pattern="2:4", reconstruct_lr=1e-3)
+    config = PruneConfig(**TINY, pattern="2:4", reconstruct=6, reconstruct_lr=1e-3)
     report, summary = prune_streaming(str(checkpoint), tmp_path / "out", config, progress=False, max_memory=tier)
     assert summary.tier == ("device" if tier is None else "disk")  # on a CPU the next tier is the scratch file
     streamed, original = output_tensors(tmp_path / "out"), Checkpoint(checkpoint)
@@ -106,7 +105,7 @@ def test_offloaded_activations_owl_contrastive_and_bf16(tmp_path):
     assert not list((tmp_path / "out").glob("*.scratch"))
 
     gpt2 = save_checkpoint(tmp_path / "gpt2", "gpt2", dtype=torch.bfloat16)
-    config = PruneConfig(pattern="2:4", **TINY)
+    config = PruneConfig(pattern="2:4", reconstruct=4, **TINY)  # a few steps, not the default 256 (time)
     prune_streaming(str(gpt2), tmp_path / "gpt2-out", config, progress=False)
     streamed = output_tensors(tmp_path / "gpt2-out")
     assert streamed["transformer.h.0.attn.c_attn.weight"].dtype == torch.bfloat16
@@ -120,7 +119,7 @@ def test_compressed_tensors_output_matches_the_in_memory_writer(family, tmp_path
     from tfprune.sparse import from_pretrained
 
     checkpoint = save_checkpoint(tmp_path / "ckpt", family)
-    config = PruneConfig(pattern="2:4", **TINY)
+    config = PruneConfig(pattern="2:4", reconstruct=4, **TINY)  # a few steps, not the default 256 (time)
     model, tokenizer = load_model(str(checkpoint))
     tfprune.prune(model, tokenizer, config, progress=False)
     tfprune.save_pruned(model, tokenizer, tmp_path / "memory", config, format="compressed-tensors")

@@ -18,7 +18,7 @@ from tfprune.errors import VocabError
 from tfprune.vocab import VOCAB_FILE, TrimOptions, trim_checkpoint, trim_vocab
 from tfprune.vocab.model import trim_model_
 
-FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet", "--reconstruct", "4"]  # not 256 (time)
+FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet"]
 
 
 def tensors_of(folder):
@@ -206,7 +206,8 @@ def test_prune_with_trim_vocab_streaming_equals_in_memory(tmp_path, output_forma
     model, tokenizer = build_model("llama")
     model.save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
-    common = [str(checkpoint), "--pattern", "2:4", "--trim-vocab", "de,fr", "--format", output_format, *FAST]
+    common = [str(checkpoint), "--pattern", "2:4", "--reconstruct", "4", "--trim-vocab", "de,fr", "--format",
+              output_format, *FAST]
     assert main(["prune", *common, "--out", str(tmp_path / "memory"), "--no-streaming"]) == 0
     assert main(["prune", *common, "--out", str(tmp_path / "streamed"), "--streaming", "--shard-size", "90KB"]) == 0
     memory, streamed = tensors_of(tmp_path / "memory"), tensors_of(tmp_path / "streamed")

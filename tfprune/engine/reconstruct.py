@@ -1,4 +1,4 @@
-"""Block-wise reconstruction: with the masks fixed, a few optimizer steps per decoder block bring the pruned
+"""Block-wise reconstruction: with the masks fixed, optimizer steps per decoder block (256 by default for N:M) bring the pruned
 block's output back to the dense block's on the calibration activations.
 
 For block i, X are the calibration batches at its input (what the pruned blocks before it produce) and Y the
