@@ -33,6 +33,25 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def interrupt_streaming(monkeypatch):
+    """interrupt_streaming(layer): the streaming engine raises KeyboardInterrupt when it starts pruning `layer`
+    (its earlier layers are written and recorded); interrupt_streaming(None) restores it."""
+    from tfprune.engine import streaming
+
+    original = streaming.prune_block
+
+    def interrupt(layer):
+        def prune_block(block, index, *args, **kwargs):
+            if index == layer:
+                raise KeyboardInterrupt
+            return original(block, index, *args, **kwargs)
+
+        monkeypatch.setattr(streaming, "prune_block", original if layer is None else prune_block)
+
+    return interrupt
+
+
 REAL_MODEL = Path(os.environ.get("TFPRUNE_REAL_MODEL", Path.home() / ".cache" / "tfprune" / "gemma3-270m"))
 
 

@@ -15,7 +15,7 @@ from tfprune.builtin import build_model
 from tfprune.calib import build_calibration
 from tfprune.cli import main
 from tfprune.engine import plan as plan_module
-from tfprune.engine import sequential, streaming
+from tfprune.engine import sequential
 from tfprune.engine.capture import capture_layer_inputs
 from tfprune.engine.discovery import decoder_layers, targets
 from tfprune.engine.layer import KEPT_DENSE_NOTE
@@ -131,7 +131,8 @@ def streamed_tensors(folder):
 
 
 @pytest.mark.parametrize("reconstruct", [0, 3])
-def test_kept_matrices_stay_dense_the_rest_is_24_and_both_engines_agree(tmp_path, monkeypatch, reconstruct):
+def test_kept_matrices_stay_dense_the_rest_is_24_and_both_engines_agree(tmp_path, monkeypatch, interrupt_streaming,
+                                                                       reconstruct):
     checkpoint = save_checkpoint(tmp_path / "ckpt", layers=3)
     config = PruneConfig(pattern="2:4", keep_dense=0.25, reconstruct=reconstruct, reconstruct_lr=1e-3, **TINY)
     model, tokenizer = load_model(str(checkpoint))
@@ -157,17 +158,10 @@ def test_kept_matrices_stay_dense_the_rest_is_24_and_both_engines_agree(tmp_path
     measured = []
     monkeypatch.setattr(sequential, "measure_block",
                         lambda *args: measured.append(args[1]) or plan_module.measure_block(*args))
-    original = streaming.prune_block
-
-    def interrupt_at_second_layer(block, index, *args, **kwargs):
-        if index == 1:
-            raise KeyboardInterrupt
-        return original(block, index, *args, **kwargs)
-
-    monkeypatch.setattr(streaming, "prune_block", interrupt_at_second_layer)
+    interrupt_streaming(1)
     with pytest.raises(KeyboardInterrupt):
         prune_streaming(str(checkpoint), tmp_path / "out", config, progress=False, shard_size="90KB")
-    monkeypatch.setattr(streaming, "prune_block", original)
+    interrupt_streaming(None)
     streamed_report, summary = prune_streaming(str(checkpoint), tmp_path / "out", config, progress=False,
                                                shard_size="90KB")
     assert measured == [0, 1, 2] and summary.resumed_layers == 1  # the resumed run took the plan from the manifest

@@ -168,20 +168,13 @@ def test_stale_temporaries_of_killed_runs_are_removed_but_live_ones_kept(world, 
 
 # --------------------------------------------------------------------------------- silently wrong results
 @pytest.mark.parametrize("change", ["tensor bytes", "config.json"])
-def test_resume_after_the_input_changed_is_refused(world, capsys, change, tmp_path, monkeypatch):
+def test_resume_after_the_input_changed_is_refused(world, capsys, change, tmp_path, interrupt_streaming):
     model, _ = world
     out = tmp_path / "out"
     command = ["prune", str(model), "--out", str(out), *FAST, *ENGINES[1]]
-    original = streaming.prune_block
-
-    def interrupt_at_second_layer(block, index, *args, **kwargs):
-        if index == 1:
-            raise KeyboardInterrupt
-        return original(block, index, *args, **kwargs)
-
-    monkeypatch.setattr(streaming, "prune_block", interrupt_at_second_layer)
+    interrupt_streaming(1)
     assert main(command) == 130
-    monkeypatch.setattr(streaming, "prune_block", original)
+    interrupt_streaming(None)
     assert (partial_dir(out) / MANIFEST_FILE).is_file()
     if change == "tensor bytes":  # same header, other values (the file's size and header are unchanged)
         tensors = load_file(model / "model.safetensors")
