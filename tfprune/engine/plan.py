@@ -75,11 +75,9 @@ def uniform_plan(config: PruneConfig, blocks: int) -> LayerPlan:
 
 
 @torch.no_grad()
-def block_outlier_ratio(block: nn.Module, index: int, inputs, config: PruneConfig, stats=None) -> float:
+def block_outlier_ratio(block: nn.Module, config: PruneConfig, stats) -> float:
     """OWL's outlier ratio of one dense block: the share of its Wanda scores above M × their mean (matrices
-    that received no token are left out). stats: the block's translation ChannelStats if already collected."""
-    if stats is None:
-        stats = collect_block_stats(block, index, inputs, config.tau)["translation"]
+    that received no token are left out). stats: {name: ChannelStats} of the block's translation stream."""
     seen = [(target.matrix(), stats[name].norm) for name, target in targets(block).items() if int(stats[name].n)]
     return ops.outlier_ratio([w for w, _ in seen], [v for _, v in seen], config.owl[0])
 
@@ -133,7 +131,7 @@ def measure_block(block: nn.Module, index: int, inputs, config: PruneConfig) -> 
                                 on_output=goal_keeper(inputs, goals) if config.keep_dense > 0 else None)["translation"]
     measure = BlockMeasure()
     if config.owl is not None:
-        measure.outlier_ratio = block_outlier_ratio(block, index, inputs, config, stats)
+        measure.outlier_ratio = block_outlier_ratio(block, config, stats)
     if config.keep_dense > 0:
         measure.costs = matrix_costs(block, index, inputs, config, stats, goals)
     return measure

@@ -492,8 +492,9 @@ class _Run:
 
     def _write_layer(self, block, index: int, tensors: dict, fitted: bool = False, dense=()) -> tuple[dict, int, int]:
         """Write one pruned layer: the groups holding pruned weights (not the matrices the plan left `dense`,
-        unless the block was reconstructed (`fitted`): then also its normalization weights) from the block (in their checkpoint dtype, mapped back to the
-        checkpoint's layout, packed by the format), every other tensor as read. The block keeps what a resumed
+        unless the block was reconstructed (`fitted`): then also its normalization weights) from the block (in
+        their checkpoint dtype, mapped back to the checkpoint's layout, packed by the format), every other
+        tensor as read. The block keeps what a resumed
         run will read back (the dtype round trip, the packing round trip) for its output forward."""
         layout = self.layout
         prefix = f"{layout.path}.{index}."
