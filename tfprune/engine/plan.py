@@ -23,9 +23,8 @@ from .. import masks, ops
 from ..config import PruneConfig
 from ..errors import NonFiniteActivationError
 from .calibrate import collect_block_stats
-from .capture import run_block
 from .discovery import targets
-from .reconstruct import goal_keeper
+from .reconstruct import goal_keeper, relative_error
 
 __all__ = ["LayerPlan", "BlockMeasure", "needs_dense_pass", "uniform_plan", "measure_block", "make_plan",
            "block_outlier_ratio", "dense_allocation"]
@@ -83,24 +82,6 @@ def block_outlier_ratio(block: nn.Module, config: PruneConfig, stats) -> float:
 
 
 @torch.no_grad()
-def token_relative_error(block: nn.Module, index: int, inputs, goals: list[torch.Tensor]) -> float:
-    """Mean over the real tokens of the translation batches of ‖block(X)_t − Y_t‖² / ‖Y_t‖² (float64)."""
-    total, count = 0.0, 0
-    streams = [item.stream for item in getattr(inputs, "items", inputs)]  # without loading a stored batch
-    for i in range(len(inputs)):
-        if streams[i] != "translation":
-            continue
-        item = inputs[i]
-        output = run_block(block, item, index)
-        real = item.token_mask.reshape(output.shape[:2])
-        goal = goals[i].to(output.device)[real].double()
-        error = (output[real].double() - goal).square().sum(-1)
-        total += float((error / goal.square().sum(-1).clamp_min(1e-30)).sum())
-        count += int(real.sum())
-    return total / max(count, 1)
-
-
-@torch.no_grad()
 def matrix_costs(block: nn.Module, index: int, inputs, config: PruneConfig, stats, goals) -> dict[str, tuple[float, int]]:
     """{name: (cost, weights)} of every matrix of dense block `index` (module docstring); a matrix no token
     reached costs 0. The block is left as it was."""
@@ -113,7 +94,7 @@ def matrix_costs(block: nn.Module, index: int, inputs, config: PruneConfig, stat
         saved = weight.clone()
         try:
             ops.prune_weight_(weight, "wanda", sparsity=config.sparsity, nm=config.nm, norm=stats[name].norm)
-            cost = token_relative_error(block, index, inputs, goals)
+            cost = relative_error(block, index, inputs, goals, "token", stream="translation")
         finally:
             weight.copy_(saved)
         if not math.isfinite(cost):

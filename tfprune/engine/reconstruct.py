@@ -3,7 +3,9 @@ block's output back to the dense block's on the calibration activations.
 
 For block i, X are the calibration batches at its input (what the pruned blocks before it produce) and Y the
 dense block's output on them (recorded while its statistics were collected, before pruning). Adam minimizes the
-relative squared error Σ‖B̃(X) − Y‖² / Σ‖Y‖² over the real tokens (padding excluded), one batch per step in turn,
+relative squared error Σ‖B̃(X) − Y‖² / Σ‖Y‖² over the real tokens (padding excluded), one batch per step in turn
+(the total, not the mean per-token error: on Gemma 3 the first token of each prompt, the attention sink, holds
+40–60 % of Σ‖Y‖² in the middle blocks, and fitting every token alike was worse: benchmarks/README.md),
 updating only the kept weights of the block's pruned matrices (their gradients are masked, so Adam's moments and
 steps of the pruned weights stay zero, and they are reset to +0.0 after the cast back: the N:M / per-row pattern
 stays exact) and the block's normalization weights.
@@ -24,7 +26,8 @@ from ..errors import NonFiniteActivationError
 from .capture import run_block
 from .discovery import targets
 
-__all__ = ["BlockReconstruction", "reconstruct_block_", "relative_error", "fitted_parameter_names", "goal_keeper"]
+__all__ = ["BlockReconstruction", "reconstruct_block_", "relative_error", "output_error", "fitted_parameter_names",
+           "goal_keeper"]
 
 log = logging.getLogger("tfprune")
 
@@ -67,18 +70,34 @@ def _batch(inputs, i: int, dtype: torch.dtype):
     return replace(item, hidden=item.hidden.to(dtype), arguments=_cast(item.arguments, dtype))
 
 
+def output_error(output: torch.Tensor, goal: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(numerator, denominator) of the relative error of `output` against `goal` ([N, H] each, the real tokens
+    of a batch, in one floating dtype): kind 'total' → (Σ‖ΔY‖², Σ‖Y‖²), what the reconstruction minimizes;
+    'token' → (Σ_t ‖ΔY_t‖² / ‖Y_t‖², N), the mean per-token error the allocation measures (tfprune.engine.plan).
+    The error over several batches is the ratio of the sums. Scalars in the inputs' dtype."""
+    squared = (output - goal).square().sum(-1)
+    if kind == "token":
+        return (squared / goal.square().sum(-1).clamp_min(1e-30)).sum(), squared.new_tensor(float(len(goal)))
+    return squared.sum(), goal.square().sum()
+
+
 @torch.no_grad()
-def relative_error(block: nn.Module, index: int, inputs, goals: list[torch.Tensor]) -> float:
-    """Σ‖block(X) − Y‖² / Σ‖Y‖² over the real tokens of every batch (float64 sums)."""
+def relative_error(block: nn.Module, index: int, inputs, goals: list[torch.Tensor], kind: str,
+                   stream: str | None = None) -> float:
+    """The relative error `kind` (see output_error) of block(X) against Y over the real tokens of every batch, or of the
+    batches of one calibration stream (float64 sums)."""
     error = norm = 0.0
     dtype = next(block.parameters()).dtype
+    streams = [item.stream for item in getattr(inputs, "items", inputs)]  # without loading a stored batch
     for i in range(len(inputs)):
+        if stream is not None and streams[i] != stream:
+            continue
         item = _batch(inputs, i, dtype)
-        output = run_block(block, item, index).float()
+        output = run_block(block, item, index)
         real = item.token_mask.reshape(output.shape[:2])
-        goal = goals[i].to(output.device).float()
-        error += float((output - goal)[real].double().square().sum())
-        norm += float(goal[real].double().square().sum())
+        numerator, denominator = output_error(output[real].double(), goals[i].to(output.device)[real].double(), kind)
+        error += float(numerator)
+        norm += float(denominator)
     return error / max(norm, 1e-30)
 
 
@@ -134,7 +153,7 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
     params = list({id(p): p for p in matrices + _norm_weights(block)}.values())
     keeps = [p.data != 0 for p in matrices]
     with torch.no_grad():
-        before = relative_error(block, index, inputs, goals)
+        before = relative_error(block, index, inputs, goals, "total")
     dtypes = _tensor_dtypes(block)
     flags = {id(p): p.requires_grad for p in block.parameters()}
     block.float()
@@ -150,10 +169,9 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
                 item = _batch(inputs, i, torch.float32)
                 output = run_block(block, item, index).float()
                 real = item.token_mask.reshape(output.shape[:2])
-                goal = goals[i].to(output.device).float()[real]
-                loss = (output[real] - goal).square().sum() / goal.square().sum().clamp_min(1e-30)
+                numerator, denominator = output_error(output[real], goals[i].to(output.device).float()[real], "total")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (numerator / denominator.clamp_min(1e-30)).backward()
                 for p, keep in zip(matrices, keeps):
                     if p.grad is not None:  # None: an expert no token of this batch was routed to
                         p.grad.masked_fill_(~keep, 0.0)
@@ -168,7 +186,7 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
         if not all(bool(torch.isfinite(p).all()) for p in params):
             raise NonFiniteActivationError(f"block {index}: reconstruction diverged (NaN/Inf weights); lower "
                                            "--reconstruct-lr")
-        after = relative_error(block, index, inputs, goals)
+        after = relative_error(block, index, inputs, goals, "total")
     result = BlockReconstruction(index, before, after, steps, time.perf_counter() - start)
     log.info("block %d: reconstruction %d steps, output error %.4g -> %.4g (%.1f s)", index, steps, before, after,
              result.seconds)
