@@ -1,7 +1,9 @@
 """The real multilingual model (Gemma 3 270M, `make real-model`): its decoder blocks receive the hidden states of
 a plain forward beyond the 512-token sliding window, both engines prune it to the same checkpoint, the checkpoint
-reloads with transformers, and 2:4 keeps it a language model on held-out text. Skipped, with the reason, when the
-model is not built. About two minutes on 2 cores."""
+reloads with transformers, 2:4 keeps it a language model on held-out text, and --keep-dense keeps the same
+matrices dense in both engines. Skipped, with the reason, when the model is not built. About four minutes on 2
+cores."""
+import json
 import math
 
 import pytest
@@ -82,3 +84,32 @@ def test_both_engines_prune_the_real_model_to_one_checkpoint_that_reloads_and_st
     for lang in texts:  # one-shot 2:4 costs much quality (benchmarks/README.md), but the model still models the
         # language: ~10-16x dense perplexity on this calibration budget, magnitude 2:4 ~1000x, uniform 262144
         assert math.isfinite(after[lang]) and before[lang] < after[lang] < 25 * before[lang], (lang, before, after)
+
+
+def test_keep_dense_on_the_real_model_keeps_the_costliest_matrices_in_both_engines(dense, real_model_dir, tmp_path):
+    """--keep-dense 10 % on the real model: the kept matrices are the dense model's, bit for bit, within 10 % of
+    the prunable weights; every other matrix is exact 2:4; the streaming engine writes the same weights and
+    records the same plan (one-shot: the plan is what is tested here)."""
+    model, tokenizer = dense
+    config = PruneConfig(**{**CALIB, "reconstruct": 0, "keep_dense": 0.1})
+    pruned = AutoModelForCausalLM.from_pretrained(real_model_dir)
+    report = tfprune.prune(pruned, tokenizer, config, progress=False)
+    kept, total, kept_weights = set(report.kept_dense), 0, 0
+    assert kept
+    for index, (block, original) in enumerate(zip(decoder_layers(pruned), decoder_layers(model))):
+        reference = targets(original)
+        for name, target in targets(block).items():
+            weight = target.matrix()
+            total += weight.numel()
+            if f"{index}.{name}" in kept:
+                kept_weights += weight.numel()
+                assert torch.equal(weight, reference[name].matrix()), f"{index}.{name}"
+            else:
+                assert ((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) <= 2).all(), f"{index}.{name}"
+    assert 0 < kept_weights <= 0.1 * total
+    prune_streaming(str(real_model_dir), tmp_path / "streamed", config, progress=False)
+    record = json.loads((tmp_path / "streamed" / "tfprune.json").read_text())
+    assert record["report"]["kept_dense"] == report.kept_dense
+    streamed = AutoModelForCausalLM.from_pretrained(tmp_path / "streamed").state_dict()
+    for key, value in pruned.state_dict().items():
+        assert torch.equal(streamed[key], value), key

@@ -3,9 +3,10 @@ options need one (OWL's layerwise sparsity, sensitivity-aware allocation). Both 
 `measure_block` on every dense block in turn (on the dense model's activations), then `make_plan`.
 
 Sensitivity-aware allocation (`keep_dense`): the cost of pruning a matrix is measured on its own, every other
-matrix dense: the mean over real calibration tokens of ‖B̃(X)_t − B(X)_t‖² / ‖B(X)_t‖², block i's output with
-that one matrix pruned by Wanda's score |W_ij|·‖X_j‖₂ at the run's pattern against the dense block's output
-(per token, because the next normalization divides every token by its own RMS). The matrices with the largest
+matrix dense: the relative error Σ‖B̃(X) − B(X)‖² / Σ‖B(X)‖² over the real tokens of the translation batches,
+block i's output with that one matrix pruned by Wanda's score |W_ij|·‖X_j‖₂ at the run's pattern against the
+dense block's output (the error the reconstruction minimizes; the mean per-token error, which weighs the first
+token, the attention sink, like any other, allocated worse: benchmarks/README.md). The matrices with the largest
 cost per weight stay dense, greedily, while their weights stay within `keep_dense` × all prunable weights.
 Its cost: (matrices + 2) forwards of each block over the calibration batches, and the dense outputs (one more
 copy of the activations) while a block is measured.
@@ -94,7 +95,7 @@ def matrix_costs(block: nn.Module, index: int, inputs, config: PruneConfig, stat
         saved = weight.clone()
         try:
             ops.prune_weight_(weight, "wanda", sparsity=config.sparsity, nm=config.nm, norm=stats[name].norm)
-            cost = relative_error(block, index, inputs, goals, "token", stream="translation")
+            cost = relative_error(block, index, inputs, goals, stream="translation")
         finally:
             weight.copy_(saved)
         if not math.isfinite(cost):

@@ -5,7 +5,7 @@ For block i, X are the calibration batches at its input (what the pruned blocks 
 dense block's output on them (recorded while its statistics were collected, before pruning). Adam minimizes the
 relative squared error Σ‖B̃(X) − Y‖² / Σ‖Y‖² over the real tokens (padding excluded), one batch per step in turn
 (the total, not the mean per-token error: on Gemma 3 the first token of each prompt, the attention sink, holds
-40–60 % of Σ‖Y‖² in the middle blocks, and fitting every token alike was worse: benchmarks/README.md),
+40–60 % of Σ‖Y‖² in the middle blocks, and weighing every token alike was worse: benchmarks/README.md),
 updating only the kept weights of the block's pruned matrices (their gradients are masked, so Adam's moments and
 steps of the pruned weights stay zero, and they are reset to +0.0 after the cast back: the N:M / per-row pattern
 stays exact) and the block's normalization weights.
@@ -26,8 +26,7 @@ from ..errors import NonFiniteActivationError
 from .capture import run_block
 from .discovery import targets
 
-__all__ = ["BlockReconstruction", "reconstruct_block_", "relative_error", "output_error", "fitted_parameter_names",
-           "goal_keeper"]
+__all__ = ["BlockReconstruction", "reconstruct_block_", "relative_error", "fitted_parameter_names", "goal_keeper"]
 
 log = logging.getLogger("tfprune")
 
@@ -70,22 +69,10 @@ def _batch(inputs, i: int, dtype: torch.dtype):
     return replace(item, hidden=item.hidden.to(dtype), arguments=_cast(item.arguments, dtype))
 
 
-def output_error(output: torch.Tensor, goal: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(numerator, denominator) of the relative error of `output` against `goal` ([N, H] each, the real tokens
-    of a batch, in one floating dtype): kind 'total' → (Σ‖ΔY‖², Σ‖Y‖²), what the reconstruction minimizes;
-    'token' → (Σ_t ‖ΔY_t‖² / ‖Y_t‖², N), the mean per-token error the allocation measures (tfprune.engine.plan).
-    The error over several batches is the ratio of the sums. Scalars in the inputs' dtype."""
-    squared = (output - goal).square().sum(-1)
-    if kind == "token":
-        return (squared / goal.square().sum(-1).clamp_min(1e-30)).sum(), squared.new_tensor(float(len(goal)))
-    return squared.sum(), goal.square().sum()
-
-
 @torch.no_grad()
-def relative_error(block: nn.Module, index: int, inputs, goals: list[torch.Tensor], kind: str,
-                   stream: str | None = None) -> float:
-    """The relative error `kind` (see output_error) of block(X) against Y over the real tokens of every batch, or of the
-    batches of one calibration stream (float64 sums)."""
+def relative_error(block: nn.Module, index: int, inputs, goals: list[torch.Tensor], stream: str | None = None) -> float:
+    """Σ‖block(X) − Y‖² / Σ‖Y‖² over the real tokens of every batch, or of the batches of one calibration stream
+    (float64 sums): what the fit minimizes and the allocation (tfprune.engine.plan) measures."""
     error = norm = 0.0
     dtype = next(block.parameters()).dtype
     streams = [item.stream for item in getattr(inputs, "items", inputs)]  # without loading a stored batch
@@ -95,9 +82,9 @@ def relative_error(block: nn.Module, index: int, inputs, goals: list[torch.Tenso
         item = _batch(inputs, i, dtype)
         output = run_block(block, item, index)
         real = item.token_mask.reshape(output.shape[:2])
-        numerator, denominator = output_error(output[real].double(), goals[i].to(output.device)[real].double(), kind)
-        error += float(numerator)
-        norm += float(denominator)
+        goal = goals[i].to(output.device)[real].double()
+        error += float((output[real].double() - goal).square().sum())
+        norm += float(goal.square().sum())
     return error / max(norm, 1e-30)
 
 
@@ -153,7 +140,7 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
     params = list({id(p): p for p in matrices + _norm_weights(block)}.values())
     keeps = [p.data != 0 for p in matrices]
     with torch.no_grad():
-        before = relative_error(block, index, inputs, goals, "total")
+        before = relative_error(block, index, inputs, goals)
     dtypes = _tensor_dtypes(block)
     flags = {id(p): p.requires_grad for p in block.parameters()}
     block.float()
@@ -169,9 +156,10 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
                 item = _batch(inputs, i, torch.float32)
                 output = run_block(block, item, index).float()
                 real = item.token_mask.reshape(output.shape[:2])
-                numerator, denominator = output_error(output[real], goals[i].to(output.device).float()[real], "total")
+                goal = goals[i].to(output.device).float()[real]
+                loss = (output[real] - goal).square().sum() / goal.square().sum().clamp_min(1e-30)
                 optimizer.zero_grad(set_to_none=True)
-                (numerator / denominator.clamp_min(1e-30)).backward()
+                loss.backward()
                 for p, keep in zip(matrices, keeps):
                     if p.grad is not None:  # None: an expert no token of this batch was routed to
                         p.grad.masked_fill_(~keep, 0.0)
@@ -186,7 +174,7 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
         if not all(bool(torch.isfinite(p).all()) for p in params):
             raise NonFiniteActivationError(f"block {index}: reconstruction diverged (NaN/Inf weights); lower "
                                            "--reconstruct-lr")
-        after = relative_error(block, index, inputs, goals, "total")
+        after = relative_error(block, index, inputs, goals)
     result = BlockReconstruction(index, before, after, steps, time.perf_counter() - start)
     log.info("block %d: reconstruction %d steps, output error %.4g -> %.4g (%.1f s)", index, steps, before, after,
              result.seconds)
