@@ -4,8 +4,9 @@ why the reconstruction and the allocation measure the total relative error Σ‖
     .venv/bin/python benchmarks/study_sink.py --model ~/.cache/tfprune/gemma3-270m
 
 On the quality benchmark's calibration (translation prompts, --budget real tokens), block by block on the dense
-model, the engine's own activations (what the reconstruction's targets Y are): the first real token's share of
-Σ‖Y‖² over the real tokens, and the largest and median per-token ‖Y_t‖² over it. Writes JSON to --out.
+model's activations (each dense block fed the previous dense block's outputs): the first real token's share of
+Σ‖Y‖² over the real tokens, and the first token's ‖Y_t‖² over the median token's (medians over each prompt's
+tokens, then over prompts). Writes JSON to --out.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from tfprune.models import load_model  # noqa: E402
 
 @torch.no_grad()
 def sink_shares(model, calibration) -> list[dict]:
-    """Per block: {"block", "first_token_share", "max_over_median"} of the dense block's outputs [B, T, H], each
+    """Per block: {"block", "first_token_share", "first_over_median"} of the dense block's outputs [B, T, H], each
     block run on the previous one's outputs."""
     store = ActivationStore("device", torch.device("cpu"))
     for item in capture_layer_inputs(model, calibration, "translation", 8):
@@ -35,19 +36,19 @@ def sink_shares(model, calibration) -> list[dict]:
     rows = []
     for index, block in enumerate(decoder_layers(model)):
         first = total = 0.0
-        norms = []
+        ratios = []
         for i in range(len(store)):
             item = store[i]
             output = run_block(block, item, index)
             real = item.token_mask.reshape(output.shape[:2])
             squared = output.double().square().sum(-1)  # [B, T]
-            first += float(squared[torch.arange(len(real)), real.int().argmax(1)].sum())  # each row's first real token
+            sink = squared[torch.arange(len(real)), real.int().argmax(1)]  # each row's first real token
+            first += float(sink.sum())
             total += float(squared[real].sum())
-            norms.append(squared[real])
+            ratios += [float(sink[b] / squared[b][real[b]].median()) for b in range(len(real))]
             store.put(i, output)  # the next block's input
-        norms = torch.cat(norms)
         rows.append({"block": index, "first_token_share": first / total,
-                     "max_over_median": float(norms.max() / norms.median())})
+                     "first_over_median": float(torch.tensor(ratios).median())})
     return rows
 
 
@@ -64,7 +65,7 @@ def main() -> None:
     rows = sink_shares(model, calibration)
     for row in rows:
         print(f"block {row['block']:2d}: first token {100 * row['first_token_share']:5.1f} % of Σ‖Y‖², "
-              f"max/median ‖Y_t‖² {row['max_over_median']:.0f}")
+              f"first token's ‖Y_t‖² / median token's {row['first_over_median']:.0f}")
     Path(args.out).write_text(json.dumps({"model": args.model, "budget_tokens": args.budget, "blocks": rows}, indent=1))
 
 

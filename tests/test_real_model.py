@@ -86,7 +86,7 @@ def test_both_engines_prune_the_real_model_to_one_checkpoint_that_reloads_and_st
         assert math.isfinite(after[lang]) and before[lang] < after[lang] < 25 * before[lang], (lang, before, after)
 
 
-def test_keep_dense_on_the_real_model_keeps_the_costliest_matrices_in_both_engines(dense, real_model_dir, tmp_path):
+def test_keep_dense_on_the_real_model_leaves_the_same_matrices_dense_in_both_engines(dense, real_model_dir, tmp_path):
     """--keep-dense 10 % on the real model: the kept matrices are the dense model's, bit for bit, within 10 % of
     the prunable weights; every other matrix is exact 2:4; the streaming engine writes the same weights and
     records the same plan (one-shot: the plan is what is tested here)."""
