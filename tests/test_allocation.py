@@ -1,5 +1,5 @@
 """Sensitivity-aware allocation (keep_dense): the greedy budget, the measured costs against a plain transformers
-forward with a float64 Wanda mask, both engines (same bytes, resumable), both output formats (bad --keep-dense values:
+forward with a float64 Wanda mask and on the real translation tokens only, both engines (same bytes, resumable), both output formats (bad --keep-dense values:
 test_bad_input.py)."""
 import copy
 import json
@@ -113,6 +113,33 @@ def test_costs_match_a_plain_forward_with_one_matrix_pruned():
         norms.clear()
         # the next block's inputs: the dense block's outputs, from the plain forward (2 prompts per batch)
         inputs = [replace(item, hidden=dense_y[2 * i:2 * i + 2].to(item.hidden.dtype)) for i, item in enumerate(inputs)]
+
+
+@torch.no_grad()
+def test_costs_count_the_real_translation_tokens_only():
+    """Padding (its hidden states made huge) and contrast-stream batches (method 'contrastive') change no cost."""
+    from tfprune.calib.prompts import CalibrationSet
+
+    model, _ = build_model("llama", layers=1)
+    config = PruneConfig(pattern="2:4", keep_dense=0.3, nsamples=4, seqlen=24, batch_size=2)
+    ids = torch.randint(3, model.config.vocab_size, (4, 24))
+    mask = torch.ones_like(ids)
+    mask[1, 15:], mask[3, 7:] = 0, 0  # right-padded rows
+    inputs = list(capture_layer_inputs(model, CalibrationSet(ids, mask), "translation", 2))
+    block = decoder_layers(model)[0]
+    costs = measure_block(block, 0, inputs, config).costs
+    assert all(cost > 0 for cost, _ in costs.values())
+    noisy = []
+    for item in inputs:
+        hidden = item.hidden.clone()
+        hidden[~item.token_mask.reshape(hidden.shape[:2])] = 1e4
+        noisy.append(replace(item, hidden=hidden))
+    contrast = list(capture_layer_inputs(model, CalibrationSet(ids.flip(0), torch.ones_like(ids)), "contrast", 2))
+    for other in (noisy, noisy + contrast):
+        measured = measure_block(block, 0, other, config).costs
+        assert measured.keys() == costs.keys()
+        for name in costs:
+            assert measured[name][0] == pytest.approx(costs[name][0], rel=1e-5), name
 
 
 def save_checkpoint(folder, family="llama", **options):
