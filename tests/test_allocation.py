@@ -1,6 +1,6 @@
 """Sensitivity-aware allocation (keep_dense): the greedy budget, the measured costs against a plain transformers
-forward with a float64 Wanda mask and on the real translation tokens only, both engines (same bytes, resumable), both output formats (bad --keep-dense values:
-test_bad_input.py)."""
+forward with a float64 Wanda mask and on the real translation tokens only, both engines (same bytes, resumable),
+both output formats (bad --keep-dense values: test_bad_input.py)."""
 import copy
 import json
 from dataclasses import replace
