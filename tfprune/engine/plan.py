@@ -7,8 +7,8 @@ matrix dense: the relative error Σ‖B̃(X) − B(X)‖² / Σ‖B(X)‖² over
 block i's output with that one matrix pruned by Wanda's score |W_ij|·‖X_j‖₂ at the run's pattern against the
 dense block's output (the error the reconstruction minimizes; the mean per-token error, which weighs the first
 token, the attention sink, like any other, allocated worse one-shot and tied after the reconstruction:
-benchmarks/README.md). The matrices with the largest
-cost per weight stay dense, greedily, while their weights stay within `keep_dense` × all prunable weights.
+benchmarks/README.md). The matrices with the largest cost per weight stay dense, greedily, while their weights
+stay within `keep_dense` × all prunable weights.
 Its cost: (matrices + 2) forwards of each block over the calibration batches, and the dense outputs (one more
 copy of the activations) while a block is measured.
 """

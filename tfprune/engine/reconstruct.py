@@ -1,5 +1,5 @@
-"""Block-wise reconstruction: with the masks fixed, optimizer steps per decoder block (256 by default for N:M) bring the pruned
-block's output back to the dense block's on the calibration activations.
+"""Block-wise reconstruction: with the masks fixed, optimizer steps per decoder block (256 by default for N:M)
+bring the pruned block's output back to the dense block's on the calibration activations.
 
 For block i, X are the calibration batches at its input (what the pruned blocks before it produce) and Y the
 dense block's output on them (recorded while its statistics were collected, before pruning). Adam minimizes the
@@ -72,8 +72,9 @@ def _batch(inputs, i: int, dtype: torch.dtype):
 @torch.no_grad()
 def relative_error(block: nn.Module, index: int, inputs, goals: list[torch.Tensor], stream: str | None = None) -> float:
     """Σ‖block(X) − Y‖² / Σ‖Y‖² over the real tokens of every batch, or of the batches of one calibration stream
-    (float64 sums): what the fit minimizes and the allocation (tfprune.engine.plan) measures."""
-    error = norm = 0.0
+    (float64 sums, on the activations' device: one host sync at the end): what the fit minimizes and the
+    allocation (tfprune.engine.plan) measures."""
+    error = norm = 0.0  # float64 tensors after the first batch
     dtype = next(block.parameters()).dtype
     streams = [item.stream for item in getattr(inputs, "items", inputs)]  # without loading a stored batch
     for i in range(len(inputs)):
@@ -83,9 +84,9 @@ def relative_error(block: nn.Module, index: int, inputs, goals: list[torch.Tenso
         output = run_block(block, item, index)
         real = item.token_mask.reshape(output.shape[:2])
         goal = goals[i].to(output.device)[real].double()
-        error += float((output[real].double() - goal).square().sum())
-        norm += float(goal.square().sum())
-    return error / max(norm, 1e-30)
+        error = error + (output[real].double() - goal).square().sum()
+        norm = norm + goal.square().sum()
+    return float(error) / max(float(norm), 1e-30)
 
 
 def _norm_modules(block: nn.Module) -> dict[str, nn.Module]:

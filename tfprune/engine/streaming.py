@@ -494,8 +494,8 @@ class _Run:
         """Write one pruned layer: the groups holding pruned weights (not the matrices the plan left `dense`,
         unless the block was reconstructed (`fitted`): then also its normalization weights) from the block (in
         their checkpoint dtype, mapped back to the checkpoint's layout, packed by the format), every other
-        tensor as read. The block keeps what a resumed
-        run will read back (the dtype round trip, the packing round trip) for its output forward."""
+        tensor as read. The block keeps what a resumed run will read back (the dtype round trip, the packing
+        round trip) for its output forward."""
         layout = self.layout
         prefix = f"{layout.path}.{index}."
         names = (fitted_parameter_names(block) if fitted
