@@ -175,3 +175,23 @@ def test_an_expert_no_token_reaches_is_pruned_by_magnitude_and_reported():
         assert torch.equal(target.matrix() != 0, tfprune.ops.prune_weight_(weight.clone(), "magnitude", nm=(2, 4)))
     assert all(r.tokens > 0 for r in report.layers if not r.note)
     assert json.loads(json.dumps(report.to_dict()))["layers"][0]["tokens"] > 0
+
+
+def test_learned_masks_on_fused_experts_stream_to_the_same_weights(tmp_path):
+    """reconstruct_mask='learned' on Mixtral's fused [E, out, in] experts: every expert's mask is re-selected
+    on its own (exact 2:4 per expert), masks do change, and the streaming engine writes the same model."""
+    model, tokenizer = build("mixtral")
+    dense = save(model, tokenizer, tmp_path / "dense")
+    config = PruneConfig(pattern="2:4", **{**CALIB, "reconstruct": 6}, reconstruct_lr=1e-2, reconstruct_mask="learned")
+    report = tfprune.prune(model, tokenizer, config, progress=False)
+    assert all(r["mask_changed"] > 0 for r in report.reconstruction)
+    experts = [target for block in decoder_layers(model) for target in targets(block).values()
+               if target.expert is not None]
+    assert experts
+    for target in experts:
+        weight = target.matrix()
+        assert ((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) == 2).all(), target.name
+    ids = torch.randint(0, len(tokenizer), (2, 20))
+    prune_streaming(str(dense), tmp_path / "streamed", config, progress=False)
+    streamed = AutoModelForCausalLM.from_pretrained(tmp_path / "streamed")
+    assert torch.equal(logits(streamed, ids), logits(model, ids))

@@ -218,3 +218,121 @@ def test_reconstruction_restores_every_tensor_to_its_own_dtype(tiny_model):
     reconstruct_block_(block, 0, store, goals, 3, 1e-3)
     assert block.mlp.probe.dtype == torch.float32 and torch.equal(block.mlp.probe, torch.linspace(0, 1, 7))
     assert {p.dtype for p in block.parameters()} == {torch.bfloat16}
+
+
+class _StraightThroughMask(torch.nn.Module):
+    """Reference parametrization of a learned 2:4 mask: the forward weight is W ⊙ M(W), M keeping the 2 best
+    |W_ij|·‖X_j‖ of every 4 inputs (torch.topk), and the gradient passes to every W_ij unchanged."""
+
+    def __init__(self, norm: torch.Tensor):
+        super().__init__()
+        self.norm = norm.float()
+
+    def keep(self, weight: torch.Tensor) -> torch.Tensor:
+        score = (weight.detach().abs() * self.norm).reshape(weight.shape[0], -1, 4)
+        keep = torch.zeros_like(score, dtype=torch.bool).scatter_(-1, score.topk(2, dim=-1).indices, True)
+        return keep.reshape(weight.shape)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight - (weight * ~self.keep(weight)).detach()
+
+
+def _straight_through_reference(block, store, goals, norms, steps, lr):
+    """The learned-mask reconstruction written with torch's parametrizations and torch.optim.Adam (float32):
+    the latent weights start from the pruned ones, the block runs on their masked values, Adam updates every
+    latent weight and the norms; the result is the masked latent weights. Returns the block (float32)."""
+    from torch.nn.utils import parametrize
+
+    from tfprune.engine.capture import run_block
+
+    block.float().requires_grad_(False)
+    for name, target in targets(block).items():
+        parametrize.register_parametrization(target.module, "weight", _StraightThroughMask(norms[name]))
+    latents = [target.module.parametrizations.weight.original for target in targets(block).values()]
+    norm_weights = [m.weight for m in block.modules() if type(m).__name__.endswith("RMSNorm")]
+    for p in latents + norm_weights:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(latents + norm_weights, lr=lr, foreach=False)
+    for step in range(steps):
+        item = store[step % len(store)]
+        real = item.token_mask.reshape(item.hidden.shape[:2])
+        output, goal = run_block(block, item, 0)[real], goals[step % len(store)][real]
+        loss = (output - goal).square().sum() / goal.square().sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        for target in targets(block).values():
+            parametrize.remove_parametrizations(target.module, "weight", leave_parametrized=True)
+    return block
+
+
+def test_learned_masks_match_a_straight_through_reference(tiny_model):
+    """reconstruct_mask='learned' (2:4, Wanda's score): the fitted weights and their masks equal a
+    parametrization-based straight-through fit's, some masks change, and the pattern stays exact."""
+    import copy
+
+    from tfprune.engine.activations import ActivationStore
+    from tfprune.engine.capture import run_block
+    from tfprune.engine.sequential import prune_block
+
+    model, tokenizer = tiny_model("llama")
+    config = PruneConfig(pattern="2:4", reconstruct=12, reconstruct_lr=3e-3, reconstruct_mask="learned", **SMALL)
+    store = ActivationStore("device", torch.device("cpu"))
+    for item in capture_layer_inputs(model, build_calibration(None, tokenizer, config), "translation", 4):
+        store.append(item)
+    block = decoder_layers(model)[0]
+    dense = copy.deepcopy(block)
+    with torch.no_grad():
+        goals = [run_block(dense, store[i], 0) for i in range(len(store))]
+    stats = collect_block_stats(copy.deepcopy(dense), 0, store, config.tau)["translation"]
+    one_shot = copy.deepcopy(block)
+    prune_block(one_shot, 0, store, PruneConfig(pattern="2:4", reconstruct=0, **SMALL), 0.5, 0)
+    reference = _straight_through_reference(copy.deepcopy(one_shot), store, goals,
+                                            {name: s.norm for name, s in stats.items()}, 12, 3e-3)
+    result = prune_block(block, 0, store, config, 0.5, 0)
+    flips = total = 0
+    for name, target in targets(block).items():
+        weight, expected = target.matrix(), targets(reference)[name].matrix()
+        assert torch.equal(weight != 0, expected != 0), name
+        torch.testing.assert_close(weight, expected, rtol=1e-4, atol=1e-6)
+        assert ((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) == 2).all(), name
+        assert not torch.signbit(weight[weight == 0]).any()
+        first = targets(one_shot)[name].matrix() != 0
+        flips, total = flips + int(((weight != 0) != first).sum()), total + first.numel()
+    assert flips > 0
+    assert result.reconstruction.mask_changed == pytest.approx(flips / total)
+
+
+def test_learned_masks_keep_protected_channels_dense_matrices_and_per_row_counts(tiny_model):
+    """Per-row 50 % with protected channels and one matrix the plan keeps dense: a high learning rate moves many
+    masks, yet every pruned row keeps exactly half its weights, every protected channel is kept in every row, and
+    the dense matrix has no zero; 'sparsegpt' learns its masks by Wanda's score and stays exact 2:4."""
+    from tfprune.engine.activations import ActivationStore
+    from tfprune.engine.sequential import prune_block
+
+    model, tokenizer = tiny_model("llama")
+    config = PruneConfig(sparsity=0.5, protect="topk:10%", reconstruct=10, reconstruct_lr=3e-2,
+                         reconstruct_mask="learned", **SMALL)
+    store = ActivationStore("device", torch.device("cpu"))
+    for item in capture_layer_inputs(model, build_calibration(None, tokenizer, config), "translation", 4):
+        store.append(item)
+    block = decoder_layers(model)[0]
+    result = prune_block(block, 0, store, config, 0.5, 0, dense={"mlp.down_proj"})
+    assert result.reconstruction.mask_changed > 0.01
+    for report in result.reports:
+        weight = targets(block)[report.name.split(".", 1)[1]].matrix()
+        if report.name.endswith("down_proj"):
+            assert (weight != 0).all()
+            continue
+        assert ((weight == 0).sum(1) == weight.shape[1] // 2).all(), report.name
+        assert report.protected and (weight[:, report.protected] != 0).all(), report.name
+    model, tokenizer = tiny_model("qwen2")
+    report = tfprune.prune(model, tokenizer, PruneConfig(method="sparsegpt", pattern="2:4", reconstruct=6,
+                                                         reconstruct_lr=3e-2, reconstruct_mask="learned", **SMALL),
+                           progress=False)
+    assert all(r["mask_changed"] > 0 for r in report.reconstruction)
+    for block in decoder_layers(model):
+        for target in targets(block).values():
+            weight = target.matrix()
+            assert ((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) == 2).all(), target.name

@@ -7,7 +7,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .config import DIRECTIONS, METHODS
+from .config import DIRECTIONS, METHODS, RECONSTRUCT_MASKS
 from .errors import TfpruneError
 
 __all__ = ["main", "build_parser"]
@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "fixed) to the dense block's outputs; 0: off (default: 256 for N:M patterns except "
                         "magnitude/random, else 0)")
     p.add_argument("--reconstruct-lr", type=float, default=1e-4, help="its learning rate")
+    p.add_argument("--reconstruct-mask", default="fixed", choices=list(RECONSTRUCT_MASKS),
+                   help="learned: the reconstruction re-selects each pruned matrix's mask from its current weights "
+                        "at every step (same score, pattern and protected channels; straight-through gradients)")
     p.add_argument("--sparsity", type=float, default=None, help="fraction pruned per row (default 0.5; N:M fixes it)")
     p.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M, e.g. 2:4")
     p.add_argument("--protect", default=None, help="retain channels: 'topk:0.5%%' or 'int8:6.0[:0.06]'")
@@ -93,7 +96,7 @@ def _config_from_args(args):
                    nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, shots=args.shots,
                    direction=args.direction, batch_size=args.batch_size, update=args.update,
                    dampening=args.dampening, blocksize=args.blocksize, reconstruct=args.reconstruct,
-                   reconstruct_lr=args.reconstruct_lr,
+                   reconstruct_lr=args.reconstruct_lr, reconstruct_mask=args.reconstruct_mask,
                    langs=tuple(args.langs.split(",")) if args.langs else None)
     if args.owl:
         try:

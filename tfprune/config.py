@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["PruneConfig", "ProtectRule", "METHODS", "UPDATES", "DIRECTIONS", "PAPER_LANGS", "parse_pattern"]
+__all__ = ["PruneConfig", "ProtectRule", "METHODS", "UPDATES", "DIRECTIONS", "PAPER_LANGS", "RECONSTRUCT_MASKS",
+           "parse_pattern"]
 
 METHODS = ("wanda", "magnitude", "contrastive", "random", "sparsegpt", "ria")
 UPDATES = ("none", "obs")
@@ -65,6 +66,7 @@ class ProtectRule:
 
 DEFAULT_RECONSTRUCT_STEPS = 256  # the best 2:4 the real-model benchmark found (benchmarks/README.md, "Quality")
 BASELINE_METHODS = ("magnitude", "random")
+RECONSTRUCT_MASKS = ("fixed", "learned")
 
 
 def default_reconstruct_steps(method: str, nm: tuple[int, int] | None) -> int:
@@ -103,6 +105,10 @@ class PruneConfig:
                 weights and norms are fitted, masks fixed, to the dense block's outputs on the calibration
                 batches (tfprune.engine.reconstruct); None = default_reconstruct_steps (on for N:M);
                 reconstruct_lr: its learning rate.
+    reconstruct_mask: 'fixed' (the one-shot masks stay) or 'learned': the reconstruction re-selects every
+                pruned matrix's mask from its current weights at every step by the run's score (Wanda's for
+                'sparsegpt'), same pattern and protected channels, with straight-through gradients, so that a
+                pruned weight can grow back and replace a kept one (4 more bytes per weight while fitting).
     """
 
     method: str = "wanda"
@@ -125,6 +131,7 @@ class PruneConfig:
     blocksize: int = 128
     reconstruct: int | None = None
     reconstruct_lr: float = 1e-4
+    reconstruct_mask: str = "fixed"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -186,6 +193,15 @@ class PruneConfig:
                                                          and 0 < self.reconstruct_lr < 1
                                                          and math.isfinite(self.reconstruct_lr)):
             raise ConfigError(f"reconstruct_lr must be a learning rate in (0, 1), got {self.reconstruct_lr!r}")
+        if self.reconstruct_mask not in RECONSTRUCT_MASKS:
+            raise ConfigError(f"reconstruct_mask must be one of {', '.join(RECONSTRUCT_MASKS)}, "
+                              f"got {self.reconstruct_mask!r}")
+        if self.reconstruct_mask == "learned" and not self.reconstruct:
+            raise ConfigError("reconstruct_mask 'learned' re-selects the masks during the reconstruction: give "
+                              "reconstruct a number of steps > 0")
+        if self.reconstruct_mask == "learned" and self.method == "random":
+            raise ConfigError("reconstruct_mask 'learned' re-selects the masks by their weights' scores: method "
+                              "'random' has none (use 'fixed')")
 
     @property
     def nm(self) -> tuple[int, int] | None:

@@ -44,10 +44,13 @@ class Target:
 
     def matrix(self) -> torch.Tensor:
         """The live weight as an [out, in] view: in-place edits reach the model."""
-        weight = getattr(self.module, self.param).data
+        return self.view(getattr(self.module, self.param).data)
+
+    def view(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This target's [out, in] view of `tensor`, a tensor shaped like its parameter (a copy of it)."""
         if self.expert is not None:
-            weight = weight[self.expert]
-        return weight.t() if self.transposed else weight
+            tensor = tensor[self.expert]
+        return tensor.t() if self.transposed else tensor
 
     @property
     def parameter_name(self) -> str:

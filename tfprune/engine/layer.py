@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -19,11 +20,47 @@ from ..report import LayerReport
 from ..stats import ChannelStats
 from .discovery import Target
 
-__all__ = ["prune_target", "kept_dense_report", "UNSEEN_NOTE", "KEPT_DENSE_NOTE"]
+__all__ = ["prune_target", "kept_dense_report", "mask_selection", "MaskSelection", "UNSEEN_NOTE",
+           "KEPT_DENSE_NOTE"]
 
 log = logging.getLogger("tfprune")
 UNSEEN_NOTE = "no calibration token reached it: pruned by magnitude"
 KEPT_DENSE_NOTE = "kept dense (sensitivity-aware allocation)"
+
+
+@dataclass(frozen=True)
+class MaskSelection:
+    """How one matrix's keep-mask is chosen from its weights: the score (|W| times the channel factor of
+    `method`, protected channels +inf) and the pattern (N:M, else per-row `sparsity`). What prune_target
+    applies once and the learned-mask reconstruction applies to the current weights at every step."""
+
+    method: str
+    sparsity: float
+    nm: tuple[int, int] | None = None
+    norm: torch.Tensor | None = None  # [in] fp32 ‖X_j‖₂ of the translation stream
+    contrast_norm: torch.Tensor | None = None  # [in] fp32, method 'contrastive'
+    protect: torch.Tensor | None = None  # [in] bool
+    seed: int = 0
+
+    def keep(self, weight: torch.Tensor, apply: bool = False) -> torch.Tensor:
+        """The keep-mask [out, in] bool of weight: [out, in] (a view is fine); apply=True also zeroes it."""
+        return ops.prune_weight_(weight, self.method, sparsity=self.sparsity, nm=self.nm, norm=self.norm,
+                                 contrast_norm=self.contrast_norm, protect=self.protect, seed=self.seed,
+                                 apply=apply)
+
+
+def mask_selection(stats: dict[str, ChannelStats], config: PruneConfig, sparsity: float,
+                   seed: int) -> MaskSelection:
+    """The MaskSelection of a matrix from its input's {stream: ChannelStats}: magnitude for a matrix no token
+    reached; for method 'sparsegpt' (whose OBS selection needs H, not the weights alone) the Wanda score."""
+    translation = stats["translation"]
+    if int(translation.n) == 0:
+        return MaskSelection("magnitude", sparsity, config.nm)
+    rule = config.protect_rule
+    contrast = stats.get("contrast")
+    return MaskSelection("wanda" if config.method == "sparsegpt" else config.method, sparsity, config.nm,
+                         norm=translation.norm, contrast_norm=None if contrast is None else contrast.norm,
+                         protect=protected_channels(translation, rule) if rule is not None else None, seed=seed)
 
 
 def prune_target(name: str, target: Target, stats: dict[str, ChannelStats], config: PruneConfig,
@@ -37,25 +74,23 @@ def prune_target(name: str, target: Target, stats: dict[str, ChannelStats], conf
     contrast = stats.get("contrast")
     if contrast is not None:
         contrast.check_finite(f"{name} (contrast stream)")
+    selection = mask_selection(stats, config, sparsity, seed)
     if int(translation.n) == 0:
         log.info("%s: %s", name, UNSEEN_NOTE)
-        ops.prune_weight_(weight, "magnitude", sparsity=sparsity, nm=config.nm)
+        selection.keep(weight, apply=True)
         return _report(name, weight, translation, None, 0, config, sparsity, start, UNSEEN_NOTE)
-    rule = config.protect_rule
-    protect = protected_channels(translation, rule) if rule is not None else None
+    protect = selection.protect
     if config.update == "obs":
         hessian = _obs_hessian(name, hessian, translation, config)
     if config.method == "sparsegpt":
-        selection = {"nm": config.nm} if config.nm is not None else {"sparsity": sparsity}
+        pattern = {"nm": config.nm} if config.nm is not None else {"sparsity": sparsity}
         result = sparsegpt.sparsegpt_prune_(weight, hessian, protect=protect, blocksize=config.obs_blocksize,
-                                            name=name, **selection)
+                                            name=name, **pattern)
         log.debug("%s: OBS loss %.4g, dampening %.3g, %d dead channels", name, result.loss, result.dampening,
                   result.dead)
         return _report(name, weight, translation, protect, result.violations, config, sparsity, start)
     # one fused score + mask (+ apply) pass; the OBS update needs the mask before the weights change
-    keep = ops.prune_weight_(weight, config.method, sparsity=sparsity, nm=config.nm, norm=translation.norm,
-                             contrast_norm=None if contrast is None else contrast.norm, protect=protect, seed=seed,
-                             apply=config.update != "obs")
+    keep = selection.keep(weight, apply=config.update != "obs")
     violations = 0
     if config.nm is not None and protect is not None:
         n, m = config.nm

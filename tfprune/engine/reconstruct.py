@@ -9,9 +9,16 @@ relative squared error Σ‖B̃(X) − Y‖² / Σ‖Y‖² over the real tokens
 updating only the kept weights of the block's pruned matrices (their gradients are masked, so Adam's moments and
 steps of the pruned weights stay zero, and they are reset to +0.0 after the cast back: the N:M / per-row pattern
 stays exact) and the block's normalization weights.
+With learned masks (`selections`), the pruned weights are not frozen: a float32 copy of each pruned matrix (the
+latent weights, starting from the pruned ones) is what Adam updates; at every step each matrix's mask is
+re-selected from its latent weights by its MaskSelection (the run's score, pattern and protected channels), the
+block runs on the masked latent weights and their gradient is passed straight through to every latent weight
+(STE), so that a pruned weight that the loss pulls away from zero can replace a kept one. The result is the
+masked latent weights: the pattern stays exact.
 The block is optimized in float32 whatever its dtype and cast back, each tensor to its own dtype. Memory: the
 float32 block, its gradients and Adam's two moments (16 bytes per weight, counted by the streaming engine's
-plan), one batch's autograd state (not counted), and the targets Y, one more copy of the activations.
+plan; learned masks add the latent copy, 4 more), one batch's autograd state (not counted), and the targets Y,
+one more copy of the activations.
 """
 from __future__ import annotations
 
@@ -24,7 +31,8 @@ from torch import nn
 
 from ..errors import NonFiniteActivationError
 from .capture import run_block
-from .discovery import targets
+from .discovery import Target, targets
+from .layer import MaskSelection
 
 __all__ = ["BlockReconstruction", "reconstruct_block_", "relative_error", "fitted_parameter_names", "goal_keeper"]
 
@@ -34,13 +42,14 @@ log = logging.getLogger("tfprune")
 @dataclass
 class BlockReconstruction:
     """One block's reconstruction: relative output error on the calibration batches before and after, the
-    steps taken and seconds spent."""
+    steps taken, seconds spent and (learned masks) the share of the weights whose mask changed."""
 
     index: int
     error_before: float
     error_after: float
     steps: int
     seconds: float
+    mask_changed: float = 0.0  # learned masks: share of their matrices' weights whose keep flag changed
 
 
 def goal_keeper(inputs, goals: list[torch.Tensor]):
@@ -130,29 +139,78 @@ def fitted_parameter_names(block: nn.Module) -> set[str]:
             | {f"{name}.weight" for name in _norm_modules(block)})
 
 
+class _LearnedMasks:
+    """The latent float32 weights of the matrices whose masks are learned, grouped by parameter (a fused experts
+    parameter holds several matrices): `mask_()` writes each parameter's masked latent weights into it."""
+
+    def __init__(self, block: nn.Module, selections: dict[str, MaskSelection]):
+        members: dict[int, tuple[nn.Parameter, list[tuple[Target, MaskSelection]]]] = {}
+        for name, target in targets(block).items():
+            if name in selections:
+                param = getattr(target.module, target.param)
+                members.setdefault(id(param), (param, []))[1].append((target, selections[name]))
+        self.groups = list(members.values())
+        self.latents = [param.detach().float().clone().requires_grad_(True) for param, _ in self.groups]
+        self.initial = [[target.matrix() != 0 for target, _ in group] for _, group in self.groups]
+
+    @torch.no_grad()
+    def mask_(self) -> list[list[torch.Tensor]]:
+        """Re-select every mask from the latent weights and write the masked latent weights into the block's
+        parameters (a matrix of the parameter without a selection, kept dense, takes its latent weights);
+        returns the keep-masks [out, in] bool, per parameter, per matrix."""
+        keeps = []
+        for (param, group), latent in zip(self.groups, self.latents):
+            param.data.copy_(latent)
+            keeps.append([])
+            for target, selection in group:
+                keep = selection.keep(target.view(latent.detach()))
+                target.view(param.data).masked_fill_(~keep, 0.0)
+                keeps[-1].append(keep)
+        return keeps
+
+    def pass_gradients_(self) -> None:
+        """Straight-through: each latent weight takes the gradient of its masked parameter."""
+        for (param, _), latent in zip(self.groups, self.latents):
+            latent.grad, param.grad = param.grad, None
+
+    @property
+    def parameters(self) -> list[nn.Parameter]:
+        return [param for param, _ in self.groups]
+
+    def changed(self, keeps: list[list[torch.Tensor]]) -> float:
+        """The share of the learned matrices' weights whose keep flag differs from the one-shot mask's."""
+        flips = sum(int((keep != first).sum()) for group_keeps, firsts in zip(keeps, self.initial)
+                    for keep, first in zip(group_keeps, firsts))
+        return flips / max(sum(first.numel() for firsts in self.initial for first in firsts), 1)
+
+
 def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.Tensor], steps: int,
-                       lr: float) -> BlockReconstruction:
+                       lr: float, selections: dict[str, MaskSelection] | None = None) -> BlockReconstruction:
     """Optimize the kept weights (and the norms) of pruned block `index` in place so that its outputs on
     `inputs` (an ActivationStore or list of LayerInput) approach `goals` ([B, T, H] per batch: the dense block's
-    outputs on the same inputs). Returns the errors before and after."""
+    outputs on the same inputs). selections: {target name: MaskSelection} of the matrices whose masks are
+    learned (see the module docstring); the other matrices keep their masks. Returns the errors before and after."""
     start = time.perf_counter()
-    # fused experts: one 3-D parameter is the matrix of several targets; each parameter is fitted once
-    matrices = list({id(p): p for p in (getattr(t.module, t.param) for t in targets(block).values())}.values())
-    params = list({id(p): p for p in matrices + _norm_weights(block)}.values())
-    keeps = [p.data != 0 for p in matrices]
     with torch.no_grad():
         before = relative_error(block, index, inputs, goals)
     dtypes = _tensor_dtypes(block)
     flags = {id(p): p.requires_grad for p in block.parameters()}
     block.float()
+    learned = _LearnedMasks(block, selections or {})
+    # fused experts: one 3-D parameter is the matrix of several targets; each parameter is fitted once
+    matrices = [p for p in {id(p): p for p in (getattr(t.module, t.param) for t in targets(block).values())}.values()
+                if not any(p is q for q in learned.parameters)]
+    params = list({id(p): p for p in matrices + _norm_weights(block)}.values())
+    keeps = [p.data != 0 for p in matrices]
     for p in block.parameters():
         p.requires_grad_(False)
-    for p in params:
+    for p in params + learned.parameters:
         p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=lr, fused=True)  # one kernel for all parameters (CPU and CUDA)
+    optimizer = torch.optim.Adam(params + learned.latents, lr=lr, fused=True)  # one kernel for all (CPU and CUDA)
     try:
         with torch.enable_grad():
             for step in range(steps):
+                learned.mask_()
                 i = step % len(inputs)
                 item = _batch(inputs, i, torch.float32)
                 output = run_block(block, item, index).float()
@@ -161,10 +219,12 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
                 loss = (output[real] - goal).square().sum() / goal.square().sum().clamp_min(1e-30)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                learned.pass_gradients_()
                 for p, keep in zip(matrices, keeps):
                     if p.grad is not None:  # None: an expert no token of this batch was routed to
                         p.grad.masked_fill_(~keep, 0.0)
-                optimizer.step()  # a pruned weight has had only zero gradients: Adam leaves it at +0.0
+                optimizer.step()  # a fixed mask's pruned weight has had only zero gradients: Adam leaves it at +0.0
+        final = learned.mask_()
     finally:
         for p in block.parameters():
             p.requires_grad_(flags.get(id(p), False))
@@ -172,11 +232,14 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
     with torch.no_grad():
         for p, keep in zip(matrices, keeps):  # +0.0 again after the cast
             p.masked_fill_(~keep, 0.0)
-        if not all(bool(torch.isfinite(p).all()) for p in params):
+        for (_, group), group_keeps in zip(learned.groups, final):
+            for (target, _), keep in zip(group, group_keeps):
+                target.matrix().masked_fill_(~keep, 0.0)
+        if not all(bool(torch.isfinite(p).all()) for p in params + learned.parameters):
             raise NonFiniteActivationError(f"block {index}: reconstruction diverged (NaN/Inf weights); lower "
                                            "--reconstruct-lr")
         after = relative_error(block, index, inputs, goals)
-    result = BlockReconstruction(index, before, after, steps, time.perf_counter() - start)
-    log.info("block %d: reconstruction %d steps, output error %.4g -> %.4g (%.1f s)", index, steps, before, after,
-             result.seconds)
+    result = BlockReconstruction(index, before, after, steps, time.perf_counter() - start, learned.changed(final))
+    log.info("block %d: reconstruction %d steps, output error %.4g -> %.4g%s (%.1f s)", index, steps, before, after,
+             f", {result.mask_changed:.2%} of the learned masks changed" if learned.groups else "", result.seconds)
     return result

@@ -25,7 +25,7 @@ from .calibrate import collect_block_stats, needs_unpadded_batches
 from .activations import ActivationStore
 from .capture import capture_layer_inputs, run_block
 from .discovery import check_architecture, decoder_layers, targets
-from .layer import kept_dense_report, prune_target
+from .layer import kept_dense_report, mask_selection, prune_target
 from .plan import LayerPlan, make_plan, measure_block, needs_dense_pass, uniform_plan
 from .reconstruct import BlockReconstruction, goal_keeper, reconstruct_block_
 from .weights import check_finite_weights
@@ -87,7 +87,7 @@ def prune_block(block: nn.Module, index: int, inputs, config: PruneConfig, spars
     """One step of the sequential engine (shared by the in-memory and streaming engines): calibrate block
     `index` on `inputs`, prune every matrix in it in place (matrix i gets seed first_seed + i) but those named
     in `dense` (the plan's, left as they are) and, with config.reconstruct, fit the pruned block to the dense
-    block's outputs."""
+    block's outputs (with config.reconstruct_mask 'learned', re-selecting the pruned matrices' masks as it goes)."""
     hessians = sparsegpt.HessianCollector() if config.update == "obs" else None
     goals: list[torch.Tensor] = []  # the dense block's outputs: the reconstruction's targets
     stats = collect_block_stats(block, index, inputs, config.tau, hessians=hessians,
@@ -99,6 +99,7 @@ def prune_block(block: nn.Module, index: int, inputs, config: PruneConfig, spars
             log.info("block %d: H offloaded to host memory (more than half the device's free memory); "
                      "each returns to the device alone to be solved", index)
     reports = []
+    selections = {}  # the masks the reconstruction learns (config.reconstruct_mask == 'learned')
     for name, target in targets(block).items():
         per_stream = {stream: stats[stream][name] for stream in stats}
         label = f"{index}.{name}"
@@ -110,11 +111,14 @@ def prune_block(block: nn.Module, index: int, inputs, config: PruneConfig, spars
         hessian = None
         if hessians is not None and int(per_stream["translation"].n):
             hessian = hessians.pop_factor(name, config.dampening, label)
-        reports.append(prune_target(label, target, per_stream, config, sparsity, first_seed + len(reports),
-                                    hessian=hessian))
+        seed = first_seed + len(reports)
+        if config.reconstruct_mask == "learned":
+            selections[name] = mask_selection(per_stream, config, sparsity, seed)
+        reports.append(prune_target(label, target, per_stream, config, sparsity, seed, hessian=hessian))
     reconstruction = None
     if config.reconstruct:
-        reconstruction = reconstruct_block_(block, index, inputs, goals, config.reconstruct, config.reconstruct_lr)
+        reconstruction = reconstruct_block_(block, index, inputs, goals, config.reconstruct, config.reconstruct_lr,
+                                            selections)
     return BlockResult(reports, reconstruction)
 
 

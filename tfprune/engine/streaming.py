@@ -370,8 +370,9 @@ class _Run:
         activations = sum(ids.numel() * hidden_size * itemsize for _, (ids, _) in batches)
         largest = max(ids.numel() for _, (ids, _) in batches)
         fixed = layer_bytes(skeleton, itemsize) + working_bytes(skeleton, config, largest, itemsize)
-        if config.reconstruct:  # the float32 block, its gradients and Adam's two moments: 16 bytes per weight
-            fixed += layer_bytes(skeleton, 4) * 4
+        if config.reconstruct:  # the float32 block, its gradients and Adam's two moments: 16 bytes per weight,
+            # and learned masks' latent float32 copy of the matrices: 4 more
+            fixed += layer_bytes(skeleton, 4) * (5 if config.reconstruct_mask == "learned" else 4)
         # with reconstruction (and in keep_dense's dense pass) the dense block's outputs sit beside the activations
         copies = 2 if config.reconstruct or config.keep_dense else 1
         tier, reason = choose_tier(activations * copies, fixed, self.device, self.budget)
