@@ -114,12 +114,14 @@ def test_offloaded_activations_owl_contrastive_and_bf16(tmp_path):
     assert torch.isfinite(reloaded(input_ids=torch.tensor([[1, 5, 9]])).logits).all()
 
 
-@pytest.mark.parametrize("family", ["llama", "opt"])
-def test_compressed_tensors_output_matches_the_in_memory_writer(family, tmp_path, monkeypatch):
+@pytest.mark.parametrize("family, keep_dense", [("llama", 0.0), ("opt", 0.0), ("llama", 0.25)])
+def test_compressed_tensors_output_matches_the_in_memory_writer(family, keep_dense, tmp_path, monkeypatch):
+    """Also with --keep-dense: the matrices the dense pass keeps are written dense and listed in the ignore list
+    (the shard plan is made again from the layer plan, on the resumed run from the manifest's)."""
     from tfprune.sparse import from_pretrained
 
     checkpoint = save_checkpoint(tmp_path / "ckpt", family)
-    config = PruneConfig(pattern="2:4", reconstruct=4, **TINY)  # a few steps, not the default 256 (time)
+    config = PruneConfig(pattern="2:4", reconstruct=4, keep_dense=keep_dense, **TINY)  # 4 steps, not 256 (time)
     model, tokenizer = load_model(str(checkpoint))
     tfprune.prune(model, tokenizer, config, progress=False)
     tfprune.save_pruned(model, tokenizer, tmp_path / "memory", config, format="compressed-tensors")
@@ -146,6 +148,12 @@ def test_compressed_tensors_output_matches_the_in_memory_writer(family, tmp_path
     quantization = [json.loads((tmp_path / d / "config.json").read_text())["quantization_config"]
                     for d in ("out", "memory")]
     assert quantization[0] == quantization[1]
+    kept = [f"model.layers.{name}" for name in tfprune.prune(*load_model(str(checkpoint)), config,
+                                                             progress=False).kept_dense]
+    assert bool(kept) == bool(keep_dense)
+    for name in kept:  # dense, unpacked, ignored by the format
+        assert f"{name}.weight" in streamed and f"{name}.bitmask" not in streamed
+        assert name in quantization[0]["sparsity_config"]["ignore"]
     ids = torch.randint(0, len(tokenizer), (2, 12))
     reloaded = from_pretrained(tmp_path / "out", format="bitmask")
     with torch.no_grad():

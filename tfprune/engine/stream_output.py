@@ -28,9 +28,10 @@ class OutputFormat:
     """packed: checkpoint keys of the weights written packed; ignore: names of the nn.Linear modules left
     dense (compressed-tensors' sparsity_config.ignore); counted: {checkpoint key: times} of the nn.Linear
     weights whose zeros make global_sparsity (as save_compressed_tensors counts them: every nn.Linear weight,
-    packed or not, a tied LM head through the tensor it shares)."""
+    packed or not, a tied LM head through the tensor it shares). dense: per layer, the names of the matrices the
+    layer plan keeps dense (LayerPlan.dense), written dense, not packed."""
 
-    def __init__(self, name: str, skeleton: nn.Module, layout, checkpoint: Checkpoint, config):
+    def __init__(self, name: str, skeleton: nn.Module, layout, checkpoint: Checkpoint, config, dense=None):
         if name not in OUTPUT_FORMATS:
             raise ConfigError(f"output format {name!r} is not supported; choose one of {', '.join(OUTPUT_FORMATS)}")
         self.name = name
@@ -41,9 +42,9 @@ class OutputFormat:
             if config.nm != (2, 4):
                 raise ConfigError(f"format compressed-tensors writes 2:4 weights: it needs pattern 2:4, got "
                                   f"{config.pattern}")
-            self._plan_packing(skeleton, layout, checkpoint)
+            self._plan_packing(skeleton, layout, checkpoint, dense or [()] * len(decoder_layers(skeleton)))
 
-    def _plan_packing(self, skeleton: nn.Module, layout, checkpoint: Checkpoint) -> None:
+    def _plan_packing(self, skeleton: nn.Module, layout, checkpoint: Checkpoint, dense) -> None:
         from ..sparse.formats import SparseFormatError, first_violation, format_tile
 
         def packable(dtype: torch.dtype, shape, weight: torch.Tensor | None = None) -> bool:
@@ -57,7 +58,8 @@ class OutputFormat:
 
         path = layers_path(skeleton)
         for index, block in enumerate(decoder_layers(skeleton)):
-            pruned = {target.module_name for target in targets(block).values() if target.is_linear}
+            pruned = {target.module_name for name, target in targets(block).items()
+                      if target.is_linear and name not in dense[index]}
             for name, module in block.named_modules():
                 if not isinstance(module, nn.Linear):
                     continue  # Conv1D and fused experts: written dense, as the in-memory writer does

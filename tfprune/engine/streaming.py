@@ -38,7 +38,7 @@ from ..source import compressed_tensors_format, load_config, load_tokenizer, res
 from ..vocab.checkpoint import NoTrim, streaming_trim
 from .activations import ActivationStore, MemoryBudget, choose_tier, free_memory
 from .capture import arguments_nbytes, capture_layer_inputs, first_block_input, output_form
-from .checkpoint import DTYPES, INDEX_FILE, Checkpoint, ShardFiles, parse_size, plan_shards
+from .checkpoint import DTYPES, INDEX_FILE, Checkpoint, ShardFiles, ShardPlan, parse_size, plan_shards
 from .discovery import decoder_layers, targets
 from .manifest import Manifest, partial_dir
 from .plan import LayerPlan, needs_dense_pass, uniform_plan
@@ -161,9 +161,6 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"output format {output_format!r} is not supported; choose one of "
                           f"{', '.join(OUTPUT_FORMATS)}")
-    if output_format == "compressed-tensors" and config.keep_dense > 0:
-        raise ConfigError("keep_dense with format compressed-tensors is not supported by the streaming engine (its "
-                          "shard plan precedes the dense pass): use --no-streaming, or write --format dense")
     budget = max_memory if isinstance(max_memory, MemoryBudget) else MemoryBudget.parse(max_memory)
     shard_bytes = parse_size(shard_size)
     requested = NAMED[dtype] if isinstance(dtype, str) else dtype
@@ -188,10 +185,7 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
         streams = calibration_streams(tokenizer, config, calib, contrast_calib)
         vocab = streaming_trim(trim_vocab, tokenizer, folder, skeleton,
                                {name: info.shape for name, info in checkpoint.tensors.items()})
-        specs = [spec for name in layout.non_layer + [k for keys in layout.layer_keys for k in keys]
-                 for spec in fmt.outputs(name, checkpoint.tensors[name].dtype,
-                                         vocab.planned_shape(name, checkpoint.tensors[name].shape))]
-        plan = plan_shards(specs, shard_bytes)
+        plan = _shard_plan(fmt, layout, checkpoint, vocab, shard_bytes)
         identity = {"tfprune": __version__, "model": source.identity,
                     "checkpoint": checkpoint.fingerprint(mtimes=not source.ephemeral),
                     "options": config.to_dict(), "calibration": _calibration_digest(streams),
@@ -199,11 +193,11 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
                     "shard_size": shard_bytes, "plan": plan.digest(), **vocab.identity()}
         tmp = partial_dir(out)
         created = not tmp.exists()
+        # with keep_dense the kept matrices are written dense, not packed: the plan grows after the dense pass
         check_free_space(out.parent, sum(plan.sizes) - _allocated(tmp), f"the output shards of {out.name}")
         manifest = Manifest.open(tmp, identity)
-        run = _Run(skeleton, checkpoint, layout, fmt, ShardFiles(tmp, plan), manifest, config, device, compute,
-                   budget, streams, StreamingSummary(layers=len(layout.layers), shards=len(plan.files)), progress,
-                   vocab)
+        run = _Run(skeleton, checkpoint, layout, fmt, plan, shard_bytes, manifest, config, device, compute,
+                   budget, streams, StreamingSummary(layers=len(layout.layers)), progress, vocab)
         try:
             report = run.execute()
             run.summary.seconds = report.seconds = time.perf_counter() - start
@@ -231,6 +225,14 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
             raise
     log.info("%s", run.summary.line())
     return report, run.summary
+
+
+def _shard_plan(fmt: OutputFormat, layout: Layout, checkpoint: Checkpoint, vocab, shard_bytes: int) -> ShardPlan:
+    """Where every output tensor goes: the non-layer tensors, then each layer's, as `fmt` writes them."""
+    specs = [spec for name in layout.non_layer + [k for keys in layout.layer_keys for k in keys]
+             for spec in fmt.outputs(name, checkpoint.tensors[name].dtype,
+                                     vocab.planned_shape(name, checkpoint.tensors[name].shape))]
+    return plan_shards(specs, shard_bytes)
 
 
 def _allocated(folder: Path) -> int:
@@ -272,7 +274,8 @@ class _Run:
     checkpoint: Checkpoint
     layout: Layout
     fmt: OutputFormat
-    shards: ShardFiles
+    shard_plan: ShardPlan
+    shard_bytes: int
     manifest: Manifest
     config: PruneConfig
     device: torch.device
@@ -283,16 +286,18 @@ class _Run:
     progress: bool
     vocab: NoTrim
     store: ActivationStore | None = None
+    shards: ShardFiles | None = None  # opened once the layer plan is known (open_shards)
 
     def execute(self) -> PruneReport:
         summary = self.summary
-        with summary.phase("copy"):
-            self.copy_non_layer()
         with summary.phase("capture"):
             self.store = self.capture()
         summary.tier, summary.activation_bytes = self.store.tier, self.store.nbytes
         with summary.phase("layer_plan"):
             plan = self.layer_plan()
+        self.open_shards(plan)
+        with summary.phase("copy"):
+            self.copy_non_layer()
         with summary.phase("replay"):
             summary.resumed_layers = self.replay()
         self.prune_layers(plan)
@@ -315,7 +320,8 @@ class _Run:
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
-        self.shards.close()
+        if self.shards is not None:
+            self.shards.close()
         self.manifest.release()
 
     # -- steps ---------------------------------------------------------------------------------------------
@@ -344,6 +350,21 @@ class _Run:
                     return None
             result[key] = self.fmt.decode(key, outputs)
         return result
+
+    def open_shards(self, plan: LayerPlan) -> None:
+        """Open the output shards. A compressed-tensors output whose layer plan keeps matrices dense writes
+        them dense (in sparsity_config's ignore list, as the in-memory writer does), not packed: its format
+        and shard plan are made again from the layer plan (the same on a resumed run: the plan is in the
+        manifest) and the free space checked again."""
+        if self.fmt.name != "dense" and any(plan.dense):
+            self.fmt = OutputFormat(self.fmt.name, self.skeleton, self.layout, self.checkpoint, self.config,
+                                    dense=plan.dense)
+            self.shard_plan = _shard_plan(self.fmt, self.layout, self.checkpoint, self.vocab, self.shard_bytes)
+            folder = self.manifest.folder
+            check_free_space(folder.parent, sum(self.shard_plan.sizes) - _allocated(folder),
+                             f"the output shards of {folder.name}")
+        self.shards = ShardFiles(self.manifest.folder, self.shard_plan)
+        self.summary.shards = len(self.shard_plan.files)
 
     def copy_non_layer(self) -> None:
         """Embeddings, final norm, LM head...: copied byte for byte (packed when compressed-tensors packs
@@ -378,7 +399,7 @@ class _Run:
         tier, reason = choose_tier(activations * copies, fixed, self.device, self.budget)
         log.info("calibration activations: %.2f GiB (%d batches of [B, T, %d] %s) on %s: %s", activations / 2**30,
                  len(batches), hidden_size, str(self.compute).replace("torch.", ""), tier, reason)
-        store = ActivationStore(tier, self.device, self.shards.folder / SCRATCH_FILE)
+        store = ActivationStore(tier, self.device, self.manifest.folder / SCRATCH_FILE)
         store.reserve(activations, len(batches))
         with pre_layer_weights(skeleton, self.checkpoint, self.layout, self.device):
             form = self._output_form(batches[0][1])
