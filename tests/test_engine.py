@@ -238,9 +238,10 @@ class _StraightThroughMask(torch.nn.Module):
 
 
 def _straight_through_reference(block, store, goals, norms, steps, lr):
-    """The learned-mask reconstruction written with torch's parametrizations and torch.optim.Adam (float32):
-    the latent weights start from the pruned ones, the block runs on their masked values, Adam updates every
-    latent weight and the norms; the result is the masked latent weights. Returns the block (float32)."""
+    """The learned-mask reconstruction written with torch's parametrizations and torch.optim.Adam (float32),
+    from the dense block (Wanda keeps the kept weights as they are, so the latent weights start as the dense
+    ones): the block runs on their masked values, Adam updates every latent weight and the norms; the result is
+    the masked latent weights. Returns the block (float32)."""
     from torch.nn.utils import parametrize
 
     from tfprune.engine.capture import run_block
@@ -288,7 +289,7 @@ def test_learned_masks_match_a_straight_through_reference(tiny_model):
     stats = collect_block_stats(copy.deepcopy(dense), 0, store, config.tau)["translation"]
     one_shot = copy.deepcopy(block)
     prune_block(one_shot, 0, store, PruneConfig(pattern="2:4", reconstruct=0, **SMALL), 0.5, 0)
-    reference = _straight_through_reference(copy.deepcopy(one_shot), store, goals,
+    reference = _straight_through_reference(copy.deepcopy(dense), store, goals,
                                             {name: s.norm for name, s in stats.items()}, 12, 3e-3)
     result = prune_block(block, 0, store, config, 0.5, 0)
     flips = total = 0

@@ -10,14 +10,15 @@ updating only the kept weights of the block's pruned matrices (their gradients a
 steps of the pruned weights stay zero, and they are reset to +0.0 after the cast back: the N:M / per-row pattern
 stays exact) and the block's normalization weights.
 With learned masks (`selections`), the pruned weights are not frozen: a float32 copy of each pruned matrix (the
-latent weights, starting from the pruned ones) is what Adam updates; at every step each matrix's mask is
+latent weights: the kept weights as pruning left them, OBS-updated or not, and the pruned ones at their dense
+values) is what Adam updates; at every step each matrix's mask is
 re-selected from its latent weights by its MaskSelection (the run's score, pattern and protected channels), the
 block runs on the masked latent weights and their gradient is passed straight through to every latent weight
 (STE), so that a pruned weight that the loss pulls away from zero can replace a kept one. The result is the
 masked latent weights: the pattern stays exact.
 The block is optimized in float32 whatever its dtype and cast back, each tensor to its own dtype. Memory: the
 float32 block, its gradients and Adam's two moments (16 bytes per weight, counted by the streaming engine's
-plan; learned masks add the latent copy, 4 more), one batch's autograd state (not counted), and the targets Y,
+plan; learned masks add the latent copy, 4 more, and the dense matrices kept until the fit starts), one batch's autograd state (not counted), and the targets Y,
 one more copy of the activations.
 """
 from __future__ import annotations
@@ -141,17 +142,27 @@ def fitted_parameter_names(block: nn.Module) -> set[str]:
 
 class _LearnedMasks:
     """The latent float32 weights of the matrices whose masks are learned, grouped by parameter (a fused experts
-    parameter holds several matrices): `mask_()` writes each parameter's masked latent weights into it."""
+    parameter holds several matrices): `mask_()` writes each parameter's masked latent weights into it.
+    dense_weights: {target name: [out, in]} the matrices before pruning, the latent values of the pruned weights."""
 
-    def __init__(self, block: nn.Module, selections: dict[str, MaskSelection]):
-        members: dict[int, tuple[nn.Parameter, list[tuple[Target, MaskSelection]]]] = {}
+    def __init__(self, block: nn.Module, selections: dict[str, MaskSelection],
+                 dense_weights: dict[str, torch.Tensor]):
+        members: dict[int, tuple[nn.Parameter, list[tuple[Target, MaskSelection, torch.Tensor]]]] = {}
         for name, target in targets(block).items():
             if name in selections:
                 param = getattr(target.module, target.param)
-                members.setdefault(id(param), (param, []))[1].append((target, selections[name]))
-        self.groups = list(members.values())
-        self.latents = [param.detach().float().clone().requires_grad_(True) for param, _ in self.groups]
+                members.setdefault(id(param), (param, []))[1].append((target, selections[name],
+                                                                      dense_weights[name]))
+        self.groups = [(param, [(target, selection) for target, selection, _ in group])
+                       for param, group in members.values()]
         self.initial = [[target.matrix() != 0 for target, _ in group] for _, group in self.groups]
+        self.latents = []
+        for param, group in members.values():
+            latent = param.detach().float().clone()
+            for target, _, dense in group:
+                view = target.view(latent)
+                torch.where(view != 0, view, dense.to(view), out=view)
+            self.latents.append(latent.requires_grad_(True))
 
     @torch.no_grad()
     def mask_(self) -> list[list[torch.Tensor]]:
@@ -185,18 +196,20 @@ class _LearnedMasks:
 
 
 def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.Tensor], steps: int,
-                       lr: float, selections: dict[str, MaskSelection] | None = None) -> BlockReconstruction:
+                       lr: float, selections: dict[str, MaskSelection] | None = None,
+                       dense_weights: dict[str, torch.Tensor] | None = None) -> BlockReconstruction:
     """Optimize the kept weights (and the norms) of pruned block `index` in place so that its outputs on
     `inputs` (an ActivationStore or list of LayerInput) approach `goals` ([B, T, H] per batch: the dense block's
     outputs on the same inputs). selections: {target name: MaskSelection} of the matrices whose masks are
-    learned (see the module docstring); the other matrices keep their masks. Returns the errors before and after."""
+    learned (see the module docstring), dense_weights: {target name: [out, in]} those matrices before pruning;
+    the other matrices keep their masks. Returns the errors before and after."""
     start = time.perf_counter()
     with torch.no_grad():
         before = relative_error(block, index, inputs, goals)
     dtypes = _tensor_dtypes(block)
     flags = {id(p): p.requires_grad for p in block.parameters()}
     block.float()
-    learned = _LearnedMasks(block, selections or {})
+    learned = _LearnedMasks(block, selections or {}, dense_weights or {})
     # fused experts: one 3-D parameter is the matrix of several targets; each parameter is fitted once
     matrices = [p for p in {id(p): p for p in (getattr(t.module, t.param) for t in targets(block).values())}.values()
                 if not any(p is q for q in learned.parameters)]

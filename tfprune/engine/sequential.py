@@ -99,7 +99,7 @@ def prune_block(block: nn.Module, index: int, inputs, config: PruneConfig, spars
             log.info("block %d: H offloaded to host memory (more than half the device's free memory); "
                      "each returns to the device alone to be solved", index)
     reports = []
-    selections = {}  # the masks the reconstruction learns (config.reconstruct_mask == 'learned')
+    selections, dense_weights = {}, {}  # the masks the reconstruction learns, and their dense start
     for name, target in targets(block).items():
         per_stream = {stream: stats[stream][name] for stream in stats}
         label = f"{index}.{name}"
@@ -114,11 +114,12 @@ def prune_block(block: nn.Module, index: int, inputs, config: PruneConfig, spars
         seed = first_seed + len(reports)
         if config.reconstruct_mask == "learned":
             selections[name] = mask_selection(per_stream, config, sparsity, seed)
+            dense_weights[name] = target.matrix().clone()
         reports.append(prune_target(label, target, per_stream, config, sparsity, seed, hessian=hessian))
     reconstruction = None
     if config.reconstruct:
         reconstruction = reconstruct_block_(block, index, inputs, goals, config.reconstruct, config.reconstruct_lr,
-                                            selections)
+                                            selections, dense_weights)
     return BlockResult(reports, reconstruction)
 
 

@@ -392,8 +392,9 @@ class _Run:
         largest = max(ids.numel() for _, (ids, _) in batches)
         fixed = layer_bytes(skeleton, itemsize) + working_bytes(skeleton, config, largest, itemsize)
         if config.reconstruct:  # the float32 block, its gradients and Adam's two moments: 16 bytes per weight,
-            # and learned masks' latent float32 copy of the matrices: 4 more
-            fixed += layer_bytes(skeleton, 4) * (5 if config.reconstruct_mask == "learned" else 4)
+            fixed += layer_bytes(skeleton, 4) * 4
+        if config.reconstruct and config.reconstruct_mask == "learned":  # the latent float32 copy, the dense one
+            fixed += layer_bytes(skeleton, 4) + layer_bytes(skeleton, itemsize)
         # with reconstruction (and in keep_dense's dense pass) the dense block's outputs sit beside the activations
         copies = 2 if config.reconstruct or config.keep_dense else 1
         tier, reason = choose_tier(activations * copies, fixed, self.device, self.budget)
