@@ -221,34 +221,41 @@ def test_reconstruction_restores_every_tensor_to_its_own_dtype(tiny_model):
 
 
 class _StraightThroughMask(torch.nn.Module):
-    """Reference parametrization of a learned 2:4 mask: the forward weight is W ⊙ M(W), M keeping the 2 best
-    |W_ij|·‖X_j‖ of every 4 inputs (torch.topk), and the gradient passes to every W_ij unchanged."""
+    """Reference parametrization of a learned mask: the forward weight is W ⊙ M(W), M keeping the best scores
+    (tfprune.scores.scores_ref of `method`) by torch.topk, 2 of every 4 inputs (`nm`) or the best
+    in − int(in · sparsity) of a row, and the gradient passes to every W_ij unchanged."""
 
-    def __init__(self, norm: torch.Tensor):
+    def __init__(self, method: str, norm: torch.Tensor, nm: bool, sparsity: float):
         super().__init__()
-        self.norm = norm.float()
+        self.method, self.norm, self.nm, self.sparsity = method, norm.float(), nm, sparsity
 
     def keep(self, weight: torch.Tensor) -> torch.Tensor:
-        score = (weight.detach().abs() * self.norm).reshape(weight.shape[0], -1, 4)
-        keep = torch.zeros_like(score, dtype=torch.bool).scatter_(-1, score.topk(2, dim=-1).indices, True)
-        return keep.reshape(weight.shape)
+        from tfprune.scores import scores_ref
+
+        score = scores_ref(weight.detach(), self.method, self.norm)
+        if self.nm:
+            score = score.reshape(weight.shape[0], -1, 4)
+            keep = torch.zeros_like(score, dtype=torch.bool).scatter_(-1, score.topk(2, dim=-1).indices, True)
+            return keep.reshape(weight.shape)
+        kept = weight.shape[1] - int(weight.shape[1] * self.sparsity)
+        return torch.zeros_like(score, dtype=torch.bool).scatter_(1, score.topk(kept, dim=1).indices, True)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight - (weight * ~self.keep(weight)).detach()
 
 
-def _straight_through_reference(block, store, goals, norms, steps, lr):
+def _straight_through_reference(block, store, goals, masks, steps, lr):
     """The learned-mask reconstruction written with torch's parametrizations and torch.optim.Adam (float32),
-    from the dense block (Wanda keeps the kept weights as they are, so the latent weights start as the dense
-    ones): the block runs on their masked values, Adam updates every latent weight and the norms; the result is
-    the masked latent weights. Returns the block (float32)."""
+    from the dense block (without an OBS update the kept weights are the dense ones, so the latent weights start
+    as the dense weights): the block runs on their masked values, Adam updates every latent weight and the norms;
+    the result is the masked latent weights. masks: {target name: _StraightThroughMask}. Returns the block."""
     from torch.nn.utils import parametrize
 
     from tfprune.engine.capture import run_block
 
     block.float().requires_grad_(False)
     for name, target in targets(block).items():
-        parametrize.register_parametrization(target.module, "weight", _StraightThroughMask(norms[name]))
+        parametrize.register_parametrization(target.module, "weight", masks[name])
     latents = [target.module.parametrizations.weight.original for target in targets(block).values()]
     norm_weights = [m.weight for m in block.modules() if type(m).__name__.endswith("RMSNorm")]
     for p in latents + norm_weights:
@@ -268,9 +275,11 @@ def _straight_through_reference(block, store, goals, norms, steps, lr):
     return block
 
 
-def test_learned_masks_match_a_straight_through_reference(tiny_model):
-    """reconstruct_mask='learned' (2:4, Wanda's score): the fitted weights and their masks equal a
-    parametrization-based straight-through fit's, some masks change, and the pattern stays exact."""
+@pytest.mark.parametrize("method, pattern", [("wanda", "2:4"), ("ria", "2:4"), ("magnitude", "unstructured")])
+def test_learned_masks_match_a_straight_through_reference(tiny_model, method, pattern):
+    """reconstruct_mask='learned' (2:4 and per-row 50 %, three scores): the fitted weights and their masks
+    equal a parametrization-based straight-through fit's from the dense block, some masks change, and the
+    pattern stays exact."""
     import copy
 
     from tfprune.engine.activations import ActivationStore
@@ -278,7 +287,8 @@ def test_learned_masks_match_a_straight_through_reference(tiny_model):
     from tfprune.engine.sequential import prune_block
 
     model, tokenizer = tiny_model("llama")
-    config = PruneConfig(pattern="2:4", reconstruct=12, reconstruct_lr=3e-3, reconstruct_mask="learned", **SMALL)
+    options = dict(method=method, pattern=pattern, reconstruct_lr=3e-3, **SMALL)
+    config = PruneConfig(**options, reconstruct=12, reconstruct_mask="learned")
     store = ActivationStore("device", torch.device("cpu"))
     for item in capture_layer_inputs(model, build_calibration(None, tokenizer, config), "translation", 4):
         store.append(item)
@@ -288,16 +298,19 @@ def test_learned_masks_match_a_straight_through_reference(tiny_model):
         goals = [run_block(dense, store[i], 0) for i in range(len(store))]
     stats = collect_block_stats(copy.deepcopy(dense), 0, store, config.tau)["translation"]
     one_shot = copy.deepcopy(block)
-    prune_block(one_shot, 0, store, PruneConfig(pattern="2:4", reconstruct=0, **SMALL), 0.5, 0)
-    reference = _straight_through_reference(copy.deepcopy(dense), store, goals,
-                                            {name: s.norm for name, s in stats.items()}, 12, 3e-3)
+    prune_block(one_shot, 0, store, PruneConfig(**options, reconstruct=0), 0.5, 0)
+    masks = {name: _StraightThroughMask(method, s.norm, pattern == "2:4", 0.5) for name, s in stats.items()}
+    reference = _straight_through_reference(copy.deepcopy(dense), store, goals, masks, 12, 3e-3)
     result = prune_block(block, 0, store, config, 0.5, 0)
     flips = total = 0
     for name, target in targets(block).items():
         weight, expected = target.matrix(), targets(reference)[name].matrix()
         assert torch.equal(weight != 0, expected != 0), name
         torch.testing.assert_close(weight, expected, rtol=1e-4, atol=1e-6)
-        assert ((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) == 2).all(), name
+        if pattern == "2:4":
+            assert ((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) == 2).all(), name
+        else:
+            assert ((weight == 0).sum(1) == weight.shape[1] // 2).all(), name
         assert not torch.signbit(weight[weight == 0]).any()
         first = targets(one_shot)[name].matrix() != 0
         flips, total = flips + int(((weight != 0) != first).sum()), total + first.numel()
@@ -308,8 +321,10 @@ def test_learned_masks_match_a_straight_through_reference(tiny_model):
 def test_learned_masks_keep_protected_channels_dense_matrices_and_per_row_counts(tiny_model):
     """Per-row 50 % with protected channels and one matrix the plan keeps dense: a high learning rate moves many
     masks, yet every pruned row keeps exactly half its weights, every protected channel is kept in every row, and
-    the dense matrix has no zero; 'sparsegpt' learns its masks by Wanda's score and stays exact 2:4."""
+    the dense matrix has no zero; with OWL each block keeps its own sparsity; 'sparsegpt' learns its masks by
+    Wanda's score and stays exact 2:4."""
     from tfprune.engine.activations import ActivationStore
+    from tfprune.engine.layer import mask_selection
     from tfprune.engine.sequential import prune_block
 
     model, tokenizer = tiny_model("llama")
@@ -328,12 +343,50 @@ def test_learned_masks_keep_protected_channels_dense_matrices_and_per_row_counts
             continue
         assert ((weight == 0).sum(1) == weight.shape[1] // 2).all(), report.name
         assert report.protected and (weight[:, report.protected] != 0).all(), report.name
+    model, tokenizer = tiny_model("llama")
+    owl = PruneConfig(sparsity=0.6, owl=(5.0, 0.2), reconstruct=4, reconstruct_lr=3e-2, reconstruct_mask="learned",
+                      **SMALL)
+    report = tfprune.prune(model, tokenizer, owl, progress=False)
+    assert len(set(report.block_sparsity)) == 2
+    for block, sparsity in zip(decoder_layers(model), report.block_sparsity):
+        for target in targets(block).values():
+            weight = target.matrix()
+            assert ((weight == 0).sum(1) == int(weight.shape[1] * sparsity)).all(), target.name
+    sparsegpt = PruneConfig(method="sparsegpt", pattern="2:4", reconstruct=6, reconstruct_lr=3e-2,
+                            reconstruct_mask="learned", **SMALL)
+    stats = collect_block_stats(decoder_layers(model)[0], 0, store, config.tau)
+    assert mask_selection({"translation": stats["translation"]["self_attn.q_proj"]}, sparsegpt, 0.5, 0).method == "wanda"
     model, tokenizer = tiny_model("qwen2")
-    report = tfprune.prune(model, tokenizer, PruneConfig(method="sparsegpt", pattern="2:4", reconstruct=6,
-                                                         reconstruct_lr=3e-2, reconstruct_mask="learned", **SMALL),
-                           progress=False)
+    report = tfprune.prune(model, tokenizer, sparsegpt, progress=False)
     assert all(r["mask_changed"] > 0 for r in report.reconstruction)
     for block in decoder_layers(model):
         for target in targets(block).values():
             weight = target.matrix()
             assert ((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) == 2).all(), target.name
+
+
+def test_learned_masks_select_each_fused_expert_by_its_own_statistics():
+    """A fused [E, out, in] experts parameter: each expert's mask comes from its own latent weights and its own
+    channel norms (here deliberately different per expert), by the reference scores and N:M mask."""
+    from architectures import build
+
+    from tfprune.engine.layer import MaskSelection
+    from tfprune.engine.reconstruct import _LearnedMasks
+    from tfprune.masks import nm_mask_ref
+    from tfprune.scores import scores_ref
+
+    model, _ = build("mixtral")
+    block = decoder_layers(model)[0].float()
+    experts = {name: t for name, t in targets(block).items() if t.expert is not None}
+    assert len({id(getattr(t.module, t.param)) for t in experts.values()}) < len(experts)  # fused
+    norms = {name: torch.rand(t.matrix().shape[1]) * 10 ** (i % 3) for i, (name, t) in enumerate(experts.items())}
+    selections = {name: MaskSelection("wanda", 0.5, (2, 4), norm=norms[name]) for name in experts}
+    learned = _LearnedMasks(block, selections, {name: t.matrix().clone() for name, t in experts.items()})
+    for latent in learned.latents:
+        latent.data.normal_()
+    learned.mask_()
+    for (param, group), latent in zip(learned.groups, learned.latents):
+        for target, _ in group:
+            expected = nm_mask_ref(scores_ref(target.view(latent.detach()), "wanda", norms[target.name]), 2, 4)
+            assert torch.equal(target.matrix() != 0, expected), target.name
+            assert torch.equal(target.matrix()[expected], target.view(latent.detach())[expected])

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocksize", type=int, default=128, help="OBS: columns per block (N:M: rounded down to a multiple of M)")
     p.add_argument("--reconstruct", type=int, default=None, metavar="STEPS",
                    help="block-wise reconstruction: Adam steps per decoder block fitting the kept weights (masks "
-                        "fixed) to the dense block's outputs; 0: off (default: 256 for N:M patterns except "
+                        "fixed, or --reconstruct-mask learned) to the dense block's outputs; 0: off (default: 256 for N:M patterns except "
                         "magnitude/random, else 0)")
     p.add_argument("--reconstruct-lr", type=float, default=1e-4, help="its learning rate")
     p.add_argument("--reconstruct-mask", default="fixed", choices=list(RECONSTRUCT_MASKS),

@@ -102,13 +102,14 @@ class PruneConfig:
     dampening:  λ = dampening · mean(diag H) added to diag H (more on Cholesky failure); blocksize: columns per
                 OBS block (for N:M rounded down to a multiple of M, at least M: see obs_blocksize).
     reconstruct: Adam steps per decoder block of block-wise reconstruction after pruning (0 = off): the kept
-                weights and norms are fitted, masks fixed, to the dense block's outputs on the calibration
-                batches (tfprune.engine.reconstruct); None = default_reconstruct_steps (on for N:M);
-                reconstruct_lr: its learning rate.
+                weights and norms are fitted (masks fixed, or learned: reconstruct_mask) to the dense block's
+                outputs on the calibration batches (tfprune.engine.reconstruct); None =
+                default_reconstruct_steps (on for N:M); reconstruct_lr: its learning rate.
     reconstruct_mask: 'fixed' (the one-shot masks stay) or 'learned': the reconstruction re-selects every
                 pruned matrix's mask from its current weights at every step by the run's score (Wanda's for
-                'sparsegpt'), same pattern and protected channels, with straight-through gradients, so that a
-                pruned weight can grow back and replace a kept one (4 more bytes per weight while fitting).
+                'sparsegpt'), same pattern and protected channels, with straight-through gradients from the
+                dense values of the pruned weights, so that a pruned weight can come back and replace a kept
+                one (5 bytes per weight more while fitting, and the dense matrices until the fit starts).
     """
 
     method: str = "wanda"

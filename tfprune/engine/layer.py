@@ -28,11 +28,13 @@ UNSEEN_NOTE = "no calibration token reached it: pruned by magnitude"
 KEPT_DENSE_NOTE = "kept dense (sensitivity-aware allocation)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MaskSelection:
-    """How one matrix's keep-mask is chosen from its weights: the score (|W| times the channel factor of
-    `method`, protected channels +inf) and the pattern (N:M, else per-row `sparsity`). What prune_target
-    applies once and the learned-mask reconstruction applies to the current weights at every step."""
+    """How one matrix's keep-mask is chosen from its weights: the score of `method` (tfprune.scores; protected
+    channels +inf) and the pattern (N:M, else per-row `sparsity`). What prune_target applies once and the
+    learned-mask reconstruction applies to the current weights at every step. For 'sparsegpt' it is Wanda's
+    score: where the pattern forces protected weights out (more than N protected channels in a group), the
+    re-selection keeps the lower channels (the tie rule), not OBS's choice."""
 
     method: str
     sparsity: float

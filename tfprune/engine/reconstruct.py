@@ -1,5 +1,5 @@
-"""Block-wise reconstruction: with the masks fixed, optimizer steps per decoder block (256 by default for N:M)
-bring the pruned block's output back to the dense block's on the calibration activations.
+"""Block-wise reconstruction: optimizer steps per decoder block (256 by default for N:M), the masks fixed or
+learned, bring the pruned block's output back to the dense block's on the calibration activations.
 
 For block i, X are the calibration batches at its input (what the pruned blocks before it produce) and Y the
 dense block's output on them (recorded while its statistics were collected, before pruning). Adam minimizes the
@@ -9,17 +9,18 @@ relative squared error Σ‖B̃(X) − Y‖² / Σ‖Y‖² over the real tokens
 updating only the kept weights of the block's pruned matrices (their gradients are masked, so Adam's moments and
 steps of the pruned weights stay zero, and they are reset to +0.0 after the cast back: the N:M / per-row pattern
 stays exact) and the block's normalization weights.
-With learned masks (`selections`), the pruned weights are not frozen: a float32 copy of each pruned matrix (the
-latent weights: the kept weights as pruning left them, OBS-updated or not, and the pruned ones at their dense
-values) is what Adam updates; at every step each matrix's mask is
-re-selected from its latent weights by its MaskSelection (the run's score, pattern and protected channels), the
-block runs on the masked latent weights and their gradient is passed straight through to every latent weight
-(STE), so that a pruned weight that the loss pulls away from zero can replace a kept one. The result is the
-masked latent weights: the pattern stays exact.
+With learned masks (`selections`, config.reconstruct_mask 'learned'), the pruned weights are not frozen: a
+float32 copy of each pruned matrix (the latent weights: the kept weights as pruning left them, OBS-updated or
+not, the pruned ones at their dense values) is what Adam updates; at every step each matrix's mask is re-selected
+from its latent weights by its MaskSelection (the run's score, pattern and protected channels), the block runs on
+the masked latent weights and their gradient is passed straight through to every latent weight (STE), so that a
+pruned weight the loss pulls back can replace a kept one. The result is the masked latent weights: the pattern
+stays exact. A matrix the plan keeps dense inside a fused experts parameter is fitted as a dense matrix.
 The block is optimized in float32 whatever its dtype and cast back, each tensor to its own dtype. Memory: the
 float32 block, its gradients and Adam's two moments (16 bytes per weight, counted by the streaming engine's
-plan; learned masks add the latent copy, 4 more, and the dense matrices kept until the fit starts), one batch's autograd state (not counted), and the targets Y,
-one more copy of the activations.
+plan; learned masks add the latent copy, 4 more, the first step's masks, 1, and the dense matrices until the fit
+starts, all counted; not counted: one matrix's score and selection temporaries per step), one batch's autograd
+state (not counted), and the targets Y, one more copy of the activations.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class BlockReconstruction:
     error_after: float
     steps: int
     seconds: float
-    mask_changed: float = 0.0  # learned masks: share of their matrices' weights whose keep flag changed
+    mask_changed: float = 0.0  # learned masks: share of their weights whose keep flag the fit changed
 
 
 def goal_keeper(inputs, goals: list[torch.Tensor]):
@@ -143,26 +144,25 @@ def fitted_parameter_names(block: nn.Module) -> set[str]:
 class _LearnedMasks:
     """The latent float32 weights of the matrices whose masks are learned, grouped by parameter (a fused experts
     parameter holds several matrices): `mask_()` writes each parameter's masked latent weights into it.
-    dense_weights: {target name: [out, in]} the matrices before pruning, the latent values of the pruned weights."""
+    selections: {target name: MaskSelection}; dense_weights: {target name: [out, in]} the matrices before pruning,
+    the latent values of the pruned weights."""
 
     def __init__(self, block: nn.Module, selections: dict[str, MaskSelection],
                  dense_weights: dict[str, torch.Tensor]):
-        members: dict[int, tuple[nn.Parameter, list[tuple[Target, MaskSelection, torch.Tensor]]]] = {}
+        members: dict[int, tuple[nn.Parameter, list[tuple[Target, MaskSelection]]]] = {}
         for name, target in targets(block).items():
             if name in selections:
                 param = getattr(target.module, target.param)
-                members.setdefault(id(param), (param, []))[1].append((target, selections[name],
-                                                                      dense_weights[name]))
-        self.groups = [(param, [(target, selection) for target, selection, _ in group])
-                       for param, group in members.values()]
-        self.initial = [[target.matrix() != 0 for target, _ in group] for _, group in self.groups]
+                members.setdefault(id(param), (param, []))[1].append((target, selections[name]))
+        self.groups = list(members.values())
         self.latents = []
-        for param, group in members.values():
-            latent = param.detach().float().clone()
-            for target, _, dense in group:
-                view = target.view(latent)
-                torch.where(view != 0, view, dense.to(view), out=view)
-            self.latents.append(latent.requires_grad_(True))
+        with torch.no_grad():
+            for param, group in self.groups:
+                latent = param.detach().clone()  # float32: the block is
+                for target, _ in group:
+                    view = target.view(latent)
+                    torch.where(view != 0, view, dense_weights[target.name].to(view), out=view)
+                self.latents.append(latent.requires_grad_(True))
 
     @torch.no_grad()
     def mask_(self) -> list[list[torch.Tensor]]:
@@ -174,7 +174,7 @@ class _LearnedMasks:
             param.data.copy_(latent)
             keeps.append([])
             for target, selection in group:
-                keep = selection.keep(target.view(latent.detach()))
+                keep = selection.keep(target.view(latent))
                 target.view(param.data).masked_fill_(~keep, 0.0)
                 keeps[-1].append(keep)
         return keeps
@@ -188,17 +188,18 @@ class _LearnedMasks:
     def parameters(self) -> list[nn.Parameter]:
         return [param for param, _ in self.groups]
 
-    def changed(self, keeps: list[list[torch.Tensor]]) -> float:
-        """The share of the learned matrices' weights whose keep flag differs from the one-shot mask's."""
-        flips = sum(int((keep != first).sum()) for group_keeps, firsts in zip(keeps, self.initial)
-                    for keep, first in zip(group_keeps, firsts))
-        return flips / max(sum(first.numel() for firsts in self.initial for first in firsts), 1)
+    @staticmethod
+    def changed(first: list[list[torch.Tensor]], last: list[list[torch.Tensor]]) -> float:
+        """The share of the learned matrices' weights whose keep flag differs between two mask_() results."""
+        pairs = [(a, b) for group_a, group_b in zip(first, last) for a, b in zip(group_a, group_b)]
+        return sum(int((a != b).sum()) for a, b in pairs) / max(sum(a.numel() for a, _ in pairs), 1)
 
 
 def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.Tensor], steps: int,
                        lr: float, selections: dict[str, MaskSelection] | None = None,
                        dense_weights: dict[str, torch.Tensor] | None = None) -> BlockReconstruction:
-    """Optimize the kept weights (and the norms) of pruned block `index` in place so that its outputs on
+    """Optimize the kept weights (and the norms; with learned masks, every weight of the learned matrices and
+    their masks) of pruned block `index` in place so that its outputs on
     `inputs` (an ActivationStore or list of LayerInput) approach `goals` ([B, T, H] per batch: the dense block's
     outputs on the same inputs). selections: {target name: MaskSelection} of the matrices whose masks are
     learned (see the module docstring), dense_weights: {target name: [out, in]} those matrices before pruning;
@@ -221,9 +222,11 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(params + learned.latents, lr=lr, fused=True)  # one kernel for all (CPU and CUDA)
     try:
+        first = learned.mask_()  # for Wanda-style scores, the one-shot masks (the latent weights are the dense ones)
         with torch.enable_grad():
             for step in range(steps):
-                learned.mask_()
+                if step:
+                    learned.mask_()
                 i = step % len(inputs)
                 item = _batch(inputs, i, torch.float32)
                 output = run_block(block, item, index).float()
@@ -245,14 +248,12 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
     with torch.no_grad():
         for p, keep in zip(matrices, keeps):  # +0.0 again after the cast
             p.masked_fill_(~keep, 0.0)
-        for (_, group), group_keeps in zip(learned.groups, final):
-            for (target, _), keep in zip(group, group_keeps):
-                target.matrix().masked_fill_(~keep, 0.0)
         if not all(bool(torch.isfinite(p).all()) for p in params + learned.parameters):
             raise NonFiniteActivationError(f"block {index}: reconstruction diverged (NaN/Inf weights); lower "
                                            "--reconstruct-lr")
         after = relative_error(block, index, inputs, goals)
-    result = BlockReconstruction(index, before, after, steps, time.perf_counter() - start, learned.changed(final))
+    result = BlockReconstruction(index, before, after, steps, time.perf_counter() - start,
+                                 learned.changed(first, final))
     log.info("block %d: reconstruction %d steps, output error %.4g -> %.4g%s (%.1f s)", index, steps, before, after,
              f", {result.mask_changed:.2%} of the learned masks changed" if learned.groups else "", result.seconds)
     return result

@@ -393,8 +393,8 @@ class _Run:
         fixed = layer_bytes(skeleton, itemsize) + working_bytes(skeleton, config, largest, itemsize)
         if config.reconstruct:  # the float32 block, its gradients and Adam's two moments: 16 bytes per weight,
             fixed += layer_bytes(skeleton, 4) * 4
-        if config.reconstruct and config.reconstruct_mask == "learned":  # the latent float32 copy, the dense one
-            fixed += layer_bytes(skeleton, 4) + layer_bytes(skeleton, itemsize)
+        if config.reconstruct and config.reconstruct_mask == "learned":  # the latent float32 copy, the first
+            fixed += layer_bytes(skeleton, 4 + 1 + itemsize)  # step's masks and the dense matrices
         # with reconstruction (and in keep_dense's dense pass) the dense block's outputs sit beside the activations
         copies = 2 if config.reconstruct or config.keep_dense else 1
         tier, reason = choose_tier(activations * copies, fixed, self.device, self.budget)
