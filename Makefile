@@ -9,7 +9,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.tfprune-installed
 PYTEST_ARGS ?=
-# The real model (Gemma 3 270M, built offline from the package index by ../shared/models/gemma3-270m/build.sh),
+# The real model (Gemma 3 270M, built offline from the package index by ../shared/models/gemma3-270m/build.sh
+# under the transformers release that can save it: scripts/build_real_model.sh),
 # kept outside the repository; tests marked `real` use it when it is there and say why they skip when not.
 TFPRUNE_CACHE ?= $(HOME)/.cache/tfprune
 REAL_MODEL ?= $(TFPRUNE_CACHE)/gemma3-270m
@@ -43,7 +44,7 @@ install: $(STAMP)
 
 real-model: $(STAMP)
 	@test -f $(REAL_MODEL_BUILD) || { echo "no $(REAL_MODEL_BUILD): cannot build the real model"; exit 1; }
-	bash $(REAL_MODEL_BUILD) $(REAL_MODEL) $(PY)
+	bash scripts/build_real_model.sh $(REAL_MODEL_BUILD) $(REAL_MODEL) $(PY)
 
 demo: $(STAMP)
 	-@$(MAKE) --no-print-directory real-model
