@@ -17,6 +17,6 @@ ENV=$(mktemp -d)
 trap 'rm -rf "$ENV"' EXIT
 "$PY" -m venv "$ENV"
 site() { "$1" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
-site "$PY" > "$(site "$ENV/bin/python")/project-venv.pth"
+echo "import site; site.addsitedir('$(site "$PY")')" > "$(site "$ENV/bin/python")/project-venv.pth"
 "$ENV/bin/python" -m pip install -q --no-warn-conflicts "$BUILD_TRANSFORMERS"
 bash "$BUILD" "$DEST" "$ENV/bin/python"

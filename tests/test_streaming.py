@@ -271,3 +271,14 @@ def test_shard_plan_layout():
     assert [plan.tensors[n].shard for n in "abcd"] == [0, 0, 1, 1]
     assert all(tensor.offset % DTYPES[tensor.dtype].itemsize == 0 for tensor in plan.tensors.values())
     assert all(len(header) % 8 == 0 for header in plan.headers)
+
+
+def test_the_free_space_check_counts_written_shards_not_the_activation_scratch(tmp_path):
+    """A resumed run (or the re-planned shards of --keep-dense) needs only the shards' missing bytes; the
+    activations' scratch file in the same folder is not shard space."""
+    shard = tmp_path / "model-00001-of-00001.safetensors"
+    shard.write_bytes(os.urandom(64 * 1024))
+    (tmp_path / streaming.SCRATCH_FILE).write_bytes(os.urandom(256 * 1024))
+    (tmp_path / MANIFEST_FILE).write_text("{}")
+    allocated = streaming._allocated(tmp_path)
+    assert shard.stat().st_blocks * 512 <= allocated < 128 * 1024

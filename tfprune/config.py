@@ -109,7 +109,8 @@ class PruneConfig:
                 pruned matrix's mask from its current weights at every step by the run's score (Wanda's for
                 'sparsegpt'), same pattern and protected channels, with straight-through gradients from the
                 dense values of the pruned weights, so that a pruned weight can come back and replace a kept
-                one (5 bytes per weight more while fitting, and the dense matrices until the fit starts).
+                one (6 bytes per weight more while fitting: the float32 latent copy and two masks; and the
+                dense matrices until the fit starts).
     """
 
     method: str = "wanda"

@@ -66,9 +66,11 @@ def mask_selection(stats: dict[str, ChannelStats], config: PruneConfig, sparsity
 
 
 def prune_target(name: str, target: Target, stats: dict[str, ChannelStats], config: PruneConfig,
-                 sparsity: float, seed: int, hessian=None) -> LayerReport:
+                 selection: MaskSelection, hessian=None) -> LayerReport:
     """Score, mask and zero one matrix in place; returns its report. stats: {stream: ChannelStats} of its
-    input; hessian: its sparsegpt.HessianFactor (or H = XᵀX [in, in]), needed when config.update == 'obs'."""
+    input; selection: its mask_selection (method 'sparsegpt' selects by OBS instead, with its sparsity and
+    protected channels); hessian: its sparsegpt.HessianFactor (or H = XᵀX [in, in]), needed when
+    config.update == 'obs'."""
     start = time.perf_counter()
     weight = target.matrix()
     translation = stats["translation"]
@@ -76,7 +78,7 @@ def prune_target(name: str, target: Target, stats: dict[str, ChannelStats], conf
     contrast = stats.get("contrast")
     if contrast is not None:
         contrast.check_finite(f"{name} (contrast stream)")
-    selection = mask_selection(stats, config, sparsity, seed)
+    sparsity = selection.sparsity
     if int(translation.n) == 0:
         log.info("%s: %s", name, UNSEEN_NOTE)
         selection.keep(weight, apply=True)

@@ -18,9 +18,10 @@ pruned weight the loss pulls back can replace a kept one. The result is the mask
 stays exact. A matrix the plan keeps dense inside a fused experts parameter is fitted as a dense matrix.
 The block is optimized in float32 whatever its dtype and cast back, each tensor to its own dtype. Memory: the
 float32 block, its gradients and Adam's two moments (16 bytes per weight, counted by the streaming engine's
-plan; learned masks add the latent copy, 4 more, the first step's masks, 1, and the dense matrices until the fit
-starts, all counted; not counted: one matrix's score and selection temporaries per step), one batch's autograd
-state (not counted), and the targets Y, one more copy of the activations.
+plan; learned masks add the latent copy, 4 more, the dense matrices until their latent copies are made, and two
+sets of masks, 1 byte each: the first step's, kept to report the change, and each step's; all counted; not
+counted: one matrix's score and selection temporaries per step), one batch's autograd state (not counted), and
+the targets Y, one more copy of the activations.
 """
 from __future__ import annotations
 
@@ -51,7 +52,9 @@ class BlockReconstruction:
     error_after: float
     steps: int
     seconds: float
-    mask_changed: float = 0.0  # learned masks: share of their weights whose keep flag the fit changed
+    # learned masks: share of their weights whose keep flag the fit changed, from the fit's first selection (for
+    # Wanda-style scores the one-shot mask; sparsegpt's OBS mask and --update obs may already differ from it)
+    mask_changed: float = 0.0
 
 
 def goal_keeper(inputs, goals: list[torch.Tensor]):
@@ -145,7 +148,7 @@ class _LearnedMasks:
     """The latent float32 weights of the matrices whose masks are learned, grouped by parameter (a fused experts
     parameter holds several matrices): `mask_()` writes each parameter's masked latent weights into it.
     selections: {target name: MaskSelection}; dense_weights: {target name: [out, in]} the matrices before pruning,
-    the latent values of the pruned weights."""
+    the latent values of the pruned weights (consumed: each is dropped from the dict once its latent is made)."""
 
     def __init__(self, block: nn.Module, selections: dict[str, MaskSelection],
                  dense_weights: dict[str, torch.Tensor]):
@@ -161,7 +164,7 @@ class _LearnedMasks:
                 latent = param.detach().clone()  # float32: the block is
                 for target, _ in group:
                     view = target.view(latent)
-                    torch.where(view != 0, view, dense_weights[target.name].to(view), out=view)
+                    torch.where(view != 0, view, dense_weights.pop(target.name).to(view), out=view)
                 self.latents.append(latent.requires_grad_(True))
 
     @torch.no_grad()
@@ -209,19 +212,20 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
         before = relative_error(block, index, inputs, goals)
     dtypes = _tensor_dtypes(block)
     flags = {id(p): p.requires_grad for p in block.parameters()}
-    block.float()
-    learned = _LearnedMasks(block, selections or {}, dense_weights or {})
-    # fused experts: one 3-D parameter is the matrix of several targets; each parameter is fitted once
-    matrices = [p for p in {id(p): p for p in (getattr(t.module, t.param) for t in targets(block).values())}.values()
-                if not any(p is q for q in learned.parameters)]
-    params = list({id(p): p for p in matrices + _norm_weights(block)}.values())
-    keeps = [p.data != 0 for p in matrices]
-    for p in block.parameters():
-        p.requires_grad_(False)
-    for p in params + learned.parameters:
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params + learned.latents, lr=lr, fused=True)  # one kernel for all (CPU and CUDA)
-    try:
+    try:  # whatever fails (out of memory included), the block gets its dtypes and requires_grad flags back
+        block.float()
+        learned = _LearnedMasks(block, selections or {}, dense_weights or {})
+        # fused experts: one 3-D parameter is the matrix of several targets; each parameter is fitted once
+        matrices = [p for p in {id(p): p for p in (getattr(t.module, t.param)
+                                                   for t in targets(block).values())}.values()
+                    if not any(p is q for q in learned.parameters)]
+        params = list({id(p): p for p in matrices + _norm_weights(block)}.values())
+        keeps = [p.data != 0 for p in matrices]
+        for p in block.parameters():
+            p.requires_grad_(False)
+        for p in params + learned.parameters:
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(params + learned.latents, lr=lr, fused=True)  # one kernel for all (CPU, CUDA)
         first = learned.mask_()  # for Wanda-style scores, the one-shot masks (the latent weights are the dense ones)
         with torch.enable_grad():
             for step in range(steps):

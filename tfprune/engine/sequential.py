@@ -111,11 +111,11 @@ def prune_block(block: nn.Module, index: int, inputs, config: PruneConfig, spars
         hessian = None
         if hessians is not None and int(per_stream["translation"].n):
             hessian = hessians.pop_factor(name, config.dampening, label)
-        seed = first_seed + len(reports)
+        selection = mask_selection(per_stream, config, sparsity, first_seed + len(reports))
         if config.reconstruct_mask == "learned":
-            selections[name] = mask_selection(per_stream, config, sparsity, seed)
+            selections[name] = selection
             dense_weights[name] = target.matrix().clone()
-        reports.append(prune_target(label, target, per_stream, config, sparsity, seed, hessian=hessian))
+        reports.append(prune_target(label, target, per_stream, config, selection, hessian=hessian))
     reconstruction = None
     if config.reconstruct:
         reconstruction = reconstruct_block_(block, index, inputs, goals, config.reconstruct, config.reconstruct_lr,

@@ -1,4 +1,5 @@
-"""Output formats of the streaming engine: which tensors a checkpoint tensor becomes, decided before any work.
+"""Output formats of the streaming engine: which tensors a checkpoint tensor becomes, decided before any work
+(with --keep-dense once the layer plan is known, before any shard is written: its dense matrices stay dense).
 
 'dense': every tensor as it is (pruned weights masked). 'compressed-tensors': as tfprune.sparse.checkpoint
 writes it from memory (save_compressed_tensors): every nn.Linear weight that is 2:4 in a supported dtype

@@ -236,10 +236,12 @@ def _shard_plan(fmt: OutputFormat, layout: Layout, checkpoint: Checkpoint, vocab
 
 
 def _allocated(folder: Path) -> int:
-    """Bytes already allocated on disk by the files of a partial output (its shards are sparse files)."""
+    """Bytes already allocated on disk by the output files of a partial output (its shards are sparse files);
+    not the activations' scratch file, which the shards do not reuse."""
     if not folder.is_dir():
         return 0
-    return sum(path.stat().st_blocks * 512 for path in folder.iterdir() if path.is_file())
+    return sum(path.stat().st_blocks * 512 for path in folder.iterdir()
+               if path.is_file() and path.name != SCRATCH_FILE)
 
 
 def _calibration_digest(streams: dict) -> str:
@@ -393,8 +395,8 @@ class _Run:
         fixed = layer_bytes(skeleton, itemsize) + working_bytes(skeleton, config, largest, itemsize)
         if config.reconstruct:  # the float32 block, its gradients and Adam's two moments: 16 bytes per weight,
             fixed += layer_bytes(skeleton, 4) * 4
-        if config.reconstruct and config.reconstruct_mask == "learned":  # the latent float32 copy, the first
-            fixed += layer_bytes(skeleton, 4 + 1 + itemsize)  # step's masks and the dense matrices
+        if config.reconstruct and config.reconstruct_mask == "learned":  # the latent float32 copy, the dense
+            fixed += layer_bytes(skeleton, 4 + itemsize + 2)  # matrices, the first step's and each step's masks
         # with reconstruction (and in keep_dense's dense pass) the dense block's outputs sit beside the activations
         copies = 2 if config.reconstruct or config.keep_dense else 1
         tier, reason = choose_tier(activations * copies, fixed, self.device, self.budget)
