@@ -220,6 +220,23 @@ def test_reconstruction_restores_every_tensor_to_its_own_dtype(tiny_model):
     assert {p.dtype for p in block.parameters()} == {torch.bfloat16}
 
 
+def test_learned_masks_in_a_bf16_model_come_back_bf16_and_exactly_2_4(tiny_model):
+    """A bf16 model with learned masks: fitted in float32, every matrix comes back bf16, finite, with at most 2
+    non-zeros in every group of 4 inputs and its pruned weights +0.0, and some masks changed."""
+    model, tokenizer = tiny_model("llama")
+    model.to(torch.bfloat16)
+    config = PruneConfig(pattern="2:4", reconstruct=6, reconstruct_lr=3e-2, reconstruct_mask="learned", **SMALL)
+    report = tfprune.prune(model, tokenizer, config, progress=False)
+    assert any(r["mask_changed"] > 0 for r in report.reconstruction)
+    for block in decoder_layers(model):
+        assert {p.dtype for p in block.parameters()} == {torch.bfloat16}
+        for name, target in targets(block).items():
+            weight = target.matrix()
+            assert torch.isfinite(weight).all(), name
+            assert ((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) <= 2).all(), name
+            assert not torch.signbit(weight[weight == 0]).any(), name
+
+
 class _StraightThroughMask(torch.nn.Module):
     """Reference parametrization of a learned mask: the forward weight is W ⊙ M(W), M keeping the best scores
     (tfprune.scores.scores_ref of `method`) by torch.topk, 2 of every 4 inputs (`nm`) or the best
