@@ -393,7 +393,7 @@ class _Run:
         activations = sum(ids.numel() * hidden_size * itemsize for _, (ids, _) in batches)
         largest = max(ids.numel() for _, (ids, _) in batches)
         fixed = layer_bytes(skeleton, itemsize) + working_bytes(skeleton, config, largest, itemsize)
-        if config.reconstruct:  # the float32 block, its gradients and Adam's two moments: 16 bytes per weight,
+        if config.reconstruct:  # the float32 block, its gradients and Adam's two moments: 16 bytes per weight
             fixed += layer_bytes(skeleton, 4) * 4
         if config.reconstruct and config.reconstruct_mask == "learned":  # the latent float32 copy, the dense
             fixed += layer_bytes(skeleton, 4 + itemsize + 2)  # matrices, the first step's and each step's masks
