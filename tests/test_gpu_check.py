@@ -92,3 +92,24 @@ def test_kernels_import_from_a_plain_checkout(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     folder, origin = result.stdout.split()[-2:]
     assert Path(folder) == ROOT / "kernels" and Path(origin) == ROOT / "kernels" / "sparse24_decode.py"
+
+
+def test_the_checkout_does_not_shadow_the_installed_kernels_package():
+    """transformers >= 5.25 imports Hugging Face's `kernels` package as it loads; run from the checkout's root
+    (`python -m pytest`, `python -c`), the top-level kernels/ folder must hand that import over to the installed
+    package (or fail as a missing module when none is), while tfprune.kernels stays the checkout's."""
+    import importlib.metadata
+
+    code = ("import sys\ntry:\n    import kernels\n    print(kernels.__file__)\nexcept ModuleNotFoundError as e:\n"
+            "    print('missing', e.name)\nimport tfprune.kernels, transformers.activations\n"
+            "print(tfprune.kernels.__file__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    hub, ours = result.stdout.split("\n")[:2]
+    assert Path(ours) == ROOT / "kernels" / "__init__.py"
+    try:
+        installed = importlib.metadata.distribution("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        assert hub == "missing kernels"
+    else:
+        assert Path(hub) == Path(installed.locate_file("kernels/__init__.py")).resolve(), hub
