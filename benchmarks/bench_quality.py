@@ -177,6 +177,8 @@ def run(model_dir: str, patterns, variants, budget: int, seqlen: int, seed: int,
             row = {"pattern": pattern, "variant": label + suffix, "stream": stream, "config": config.to_dict(),
                    "calibration_tokens": report.calibration_tokens, "prune_seconds": seconds, "ppl": ppl,
                    "summary": summarize(ppl, dense)}
+            if report.distillation:  # end-to-end distillation: its KL before and after, its seconds
+                row["distillation"] = report.distillation
             if report.kept_dense:  # sensitivity-aware allocation: which matrices, and the share of weights
                 row["kept_dense"] = report.kept_dense
                 row["density"] = 1 - report.sparsity
@@ -196,18 +198,20 @@ def markdown(record: dict) -> str:
     """The table of benchmarks/README.md: one row per run."""
     sets = list(record["dense"])
     langs = list(record["dense"]["heldout"])
-    head = ("| pattern | variant | calib | tokens | recon. steps | "
+    head = ("| pattern | variant | calib | tokens | recon. steps | distill steps | "
             + " | ".join(f"{name} non-En | {name} En" for name in sets)
             + " | " + " | ".join(langs) + " | prune s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in record["runs"]:
         s, r = row["summary"], row["summary"]["heldout"]["ratios"]
         steps = row["config"].get("reconstruct") or "–"
-        lines.append(f"| {row['pattern']} | {row['variant']} | {row['stream']} | {row['calibration_tokens']} | {steps} | "
+        distill = row["config"].get("distill") or "–"  # records from before the option: none
+        lines.append(f"| {row['pattern']} | {row['variant']} | {row['stream']} | {row['calibration_tokens']} | {steps} "
+                     f"| {distill} | "
                      + " | ".join(f"{s[name]['non_english']:.2f}× | {s[name]['english']:.2f}×" for name in sets)
                      + " | " + " | ".join(f"{r[lang]:.2f}" for lang in langs) + f" | {row['prune_seconds']:.0f} |")
     dense = record["dense"]["heldout"]
-    lines.append("| – | dense ppl | – | – | – | " + " | ".join("– | –" for _ in sets) + " | "
+    lines.append("| – | dense ppl | – | – | – | – | " + " | ".join("– | –" for _ in sets) + " | "
                  + " | ".join(f"{dense[lang]:.1f}" for lang in langs) + " | – |")
     if "dense_tasks" in record:
         lines += ["", task_markdown(record)]

@@ -290,6 +290,10 @@ def test_tampered_packed_tensors_are_refused_by_inspect_and_from_pretrained(worl
     (["--reconstruct-mask", "learned", "--reconstruct", "0"], "reconstruct_mask 'learned' re-selects the masks"),
     (["--reconstruct-mask", "learned", "--method", "random", "--pattern", "2:4", *FEW_STEPS], "method 'random' has none"),
     (["--reconstruct-mask", "learned"], "give reconstruct a number of steps > 0"),  # unstructured: off by default
+    (["--distill=-1"], "distill must be a number of steps >= 0"),
+    (["--distill-lr", "0"], "distill_lr must be a learning rate in (0, 1)"),
+    (["--distill-lr", "inf"], "distill_lr must be a learning rate in (0, 1)"),
+    (["--distill", "2", "--streaming"], "--distill fits the whole model end to end"),
     (["--keep-dense", "abc"], "--keep-dense takes a share of the weights"),
     (["--keep-dense", "150%"], "keep_dense must be a share of the prunable weights in [0, 1)"),
     (["--keep-dense=-0.1"], "keep_dense must be a share"),

@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconstruct-mask", default="fixed", choices=list(RECONSTRUCT_MASKS),
                    help="learned: the reconstruction re-selects each pruned matrix's mask from its current weights "
                         "at every step (same score, pattern and protected channels; straight-through gradients)")
+    p.add_argument("--distill", type=int, default=0, metavar="STEPS",
+                   help="end-to-end distillation after pruning: Adam steps fitting every decoder block's kept weights "
+                        "and norms to the dense model's next-token distributions (KL) on the calibration prompts; "
+                        "in memory only (default: 0, off)")
+    p.add_argument("--distill-lr", type=float, default=5e-5, help="its peak learning rate (cosine decay)")
     p.add_argument("--sparsity", type=float, default=None, help="fraction pruned per row (default 0.5; N:M fixes it)")
     p.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M, e.g. 2:4")
     p.add_argument("--protect", default=None, help="retain channels: 'topk:0.5%%' or 'int8:6.0[:0.06]'")
@@ -97,6 +102,7 @@ def _config_from_args(args):
                    direction=args.direction, batch_size=args.batch_size, update=args.update,
                    dampening=args.dampening, blocksize=args.blocksize, reconstruct=args.reconstruct,
                    reconstruct_lr=args.reconstruct_lr, reconstruct_mask=args.reconstruct_mask,
+                   distill=args.distill, distill_lr=args.distill_lr,
                    langs=tuple(args.langs.split(",")) if args.langs else None)
     if args.owl:
         try:

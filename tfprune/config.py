@@ -111,6 +111,10 @@ class PruneConfig:
                 dense values of the pruned weights, so that a pruned weight can come back and replace a kept
                 one (6 bytes per weight more while fitting: the float32 latent copy and two masks; and the
                 dense matrices until the fit starts).
+    distill:    Adam steps of end-to-end distillation after pruning (0 = off): every decoder block's kept weights
+                and norms fitted at once to the dense model's next-token distributions (KL over the vocabulary)
+                on the calibration prompts (tfprune.engine.distill; the in-memory engine only);
+                distill_lr: its peak learning rate (cosine decay to zero).
     """
 
     method: str = "wanda"
@@ -134,6 +138,8 @@ class PruneConfig:
     reconstruct: int | None = None
     reconstruct_lr: float = 1e-4
     reconstruct_mask: str = "fixed"
+    distill: int = 0
+    distill_lr: float = 5e-5
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -195,6 +201,11 @@ class PruneConfig:
                                                          and 0 < self.reconstruct_lr < 1
                                                          and math.isfinite(self.reconstruct_lr)):
             raise ConfigError(f"reconstruct_lr must be a learning rate in (0, 1), got {self.reconstruct_lr!r}")
+        if isinstance(self.distill, bool) or not (isinstance(self.distill, int) and self.distill >= 0):
+            raise ConfigError(f"distill must be a number of steps >= 0, got {self.distill!r}")
+        if isinstance(self.distill_lr, bool) or not (isinstance(self.distill_lr, (int, float))
+                                                     and 0 < self.distill_lr < 1 and math.isfinite(self.distill_lr)):
+            raise ConfigError(f"distill_lr must be a learning rate in (0, 1), got {self.distill_lr!r}")
         if self.reconstruct_mask not in RECONSTRUCT_MASKS:
             raise ConfigError(f"reconstruct_mask must be one of {', '.join(RECONSTRUCT_MASKS)}, "
                               f"got {self.reconstruct_mask!r}")

@@ -38,6 +38,7 @@ class PruneReport:
     block_sparsity: list[float] = field(default_factory=list)
     reconstruction: list[dict] = field(default_factory=list)  # per block: asdict(BlockReconstruction)
     kept_dense: list[str] = field(default_factory=list)  # matrices the layer plan left dense ("3.mlp.down_proj")
+    distillation: dict | None = None  # asdict(tfprune.engine.distill.Distillation)
 
     @property
     def sparsity(self) -> float:
@@ -65,6 +66,10 @@ class PruneReport:
         if self.reconstruction:
             errors = " ".join(f"{r['index']}:{r['error_before']:.3g}->{r['error_after']:.3g}" for r in self.reconstruction)
             lines.append(f"block reconstruction, relative output error on the calibration batches: {errors}")
+        if self.distillation:
+            d = self.distillation
+            lines.append(f"distillation: {d['steps']} steps, KL from the dense model {d['kl_first']:.4g} -> "
+                         f"{d['kl_last']:.4g} nats/token on the calibration batches, {d['seconds']:.1f} s")
         if self.kept_dense:
             shapes = {layer.name: layer.shape for layer in self.layers}
             weights = sum(shapes[name][0] * shapes[name][1] for name in self.kept_dense)

@@ -35,9 +35,10 @@ from torch import nn
 from ..errors import NonFiniteActivationError
 from .capture import run_block
 from .discovery import Target, targets
+from .fitting import KeptWeights, fitting_in_float32
 from .layer import MaskSelection
 
-__all__ = ["BlockReconstruction", "reconstruct_block_", "relative_error", "fitted_parameter_names", "goal_keeper"]
+__all__ = ["BlockReconstruction", "reconstruct_block_", "relative_error", "goal_keeper"]
 
 log = logging.getLogger("tfprune")
 
@@ -101,47 +102,6 @@ def relative_error(block: nn.Module, index: int, inputs, goals: list[torch.Tenso
         error = error + (output[real].double() - goal).square().sum()
         norm = norm + goal.square().sum()
     return float(error) / max(float(norm), 1e-30)
-
-
-def _norm_modules(block: nn.Module) -> dict[str, nn.Module]:
-    """{name: module} of the block's normalization layers that have a weight (LayerNorm, RMSNorm, ...)."""
-    return {name: module for name, module in block.named_modules()
-            if "norm" in type(module).__name__.lower() and isinstance(getattr(module, "weight", None), nn.Parameter)}
-
-
-def _norm_weights(block: nn.Module) -> list[nn.Parameter]:
-    return [module.weight for module in _norm_modules(block).values()]
-
-
-def _tensor_dtypes(block: nn.Module) -> dict[str, torch.dtype]:
-    """The dtype of every parameter and buffer of the block, by name (a block may mix them: float32 rotary
-    inv_freq or norms beside bf16 weights)."""
-    return {name: t.dtype for name, t in [*block.named_parameters(), *block.named_buffers()]}
-
-
-def _restore_dtypes(block: nn.Module, dtypes: dict[str, torch.dtype]) -> None:
-    """Cast the block back to the dtype of its first parameter (nn.Module.to: gradients' dtypes follow), and
-    every parameter or buffer recorded with another dtype (by _tensor_dtypes) to its own, from its float32
-    value (not through the first parameter's dtype)."""
-    main = next(iter(dtypes.values()))
-    others = {name: t for name, t in [*block.named_parameters(), *block.named_buffers()] if dtypes[name] != main}
-    kept = {name: t.detach().clone() for name, t in others.items()}
-    block.to(main)
-    for name, param in block.named_parameters():
-        if name in kept:
-            param.data = kept[name].to(dtypes[name])
-    for module_name, module in block.named_modules():
-        for key in list(module._buffers):
-            name = f"{module_name}.{key}" if module_name else key
-            if name in kept:
-                module._buffers[key] = kept[name].to(dtypes[name])
-
-
-def fitted_parameter_names(block: nn.Module) -> set[str]:
-    """Names (relative to the block) of the parameters reconstruct_block_ changes: the pruned matrices and the
-    normalization weights (what a writer must take from the block rather than from the checkpoint)."""
-    return ({target.parameter_name for target in targets(block).values()}
-            | {f"{name}.weight" for name in _norm_modules(block)})
 
 
 class _LearnedMasks:
@@ -210,22 +170,12 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
     start = time.perf_counter()
     with torch.no_grad():
         before = relative_error(block, index, inputs, goals)
-    dtypes = _tensor_dtypes(block)
-    flags = {id(p): p.requires_grad for p in block.parameters()}
-    try:  # whatever fails (out of memory included), the block gets its dtypes and requires_grad flags back
-        block.float()
+    with fitting_in_float32(block):  # whatever fails, the block gets its dtypes and requires_grad flags back
         learned = _LearnedMasks(block, selections or {}, dense_weights or {})
-        # fused experts: one 3-D parameter is the matrix of several targets; each parameter is fitted once
-        matrices = [p for p in {id(p): p for p in (getattr(t.module, t.param)
-                                                   for t in targets(block).values())}.values()
-                    if not any(p is q for q in learned.parameters)]
-        params = list({id(p): p for p in matrices + _norm_weights(block)}.values())
-        keeps = [p.data != 0 for p in matrices]
-        for p in block.parameters():
-            p.requires_grad_(False)
-        for p in params + learned.parameters:
+        kept = KeptWeights([block], exclude=learned.parameters)
+        for p in kept.parameters + learned.parameters:
             p.requires_grad_(True)
-        optimizer = torch.optim.Adam(params + learned.latents, lr=lr, fused=True)  # one kernel for all (CPU, CUDA)
+        optimizer = torch.optim.Adam(kept.parameters + learned.latents, lr=lr, fused=True)  # one kernel (CPU, CUDA)
         first = learned.mask_()  # for Wanda-style scores, the one-shot masks (the latent weights are the dense ones)
         with torch.enable_grad():
             for step in range(steps):
@@ -240,21 +190,14 @@ def reconstruct_block_(block: nn.Module, index: int, inputs, goals: list[torch.T
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 learned.pass_gradients_()
-                for p, keep in zip(matrices, keeps):
-                    if p.grad is not None:  # None: an expert no token of this batch was routed to
-                        p.grad.masked_fill_(~keep, 0.0)
+                kept.mask_gradients_()
                 optimizer.step()  # a fixed mask's pruned weight has had only zero gradients: Adam leaves it at +0.0
         final = learned.mask_()
-    finally:
-        for p in block.parameters():
-            p.requires_grad_(flags.get(id(p), False))
-        _restore_dtypes(block, dtypes)
+    kept.reset_pruned_()  # +0.0 again after the cast
+    if not kept.finite(learned.parameters):
+        raise NonFiniteActivationError(f"block {index}: reconstruction diverged (NaN/Inf weights); lower "
+                                       "--reconstruct-lr")
     with torch.no_grad():
-        for p, keep in zip(matrices, keeps):  # +0.0 again after the cast
-            p.masked_fill_(~keep, 0.0)
-        if not all(bool(torch.isfinite(p).all()) for p in params + learned.parameters):
-            raise NonFiniteActivationError(f"block {index}: reconstruction diverged (NaN/Inf weights); lower "
-                                           "--reconstruct-lr")
         after = relative_error(block, index, inputs, goals)
     result = BlockReconstruction(index, before, after, steps, time.perf_counter() - start,
                                  learned.changed(first, final))

@@ -40,9 +40,9 @@ from .activations import ActivationStore, MemoryBudget, choose_tier, free_memory
 from .capture import arguments_nbytes, capture_layer_inputs, first_block_input, output_form
 from .checkpoint import DTYPES, INDEX_FILE, Checkpoint, ShardFiles, ShardPlan, parse_size, plan_shards
 from .discovery import decoder_layers, targets
+from .fitting import fitted_parameter_names
 from .manifest import Manifest, partial_dir
 from .plan import LayerPlan, needs_dense_pass, uniform_plan
-from .reconstruct import fitted_parameter_names
 from .sequential import (calibration_streams, check_prunable, dense_pass, effective_batch_size, forward_block,
                          prune_block)
 from .skeleton import Layout, build_skeleton, free, layer_bytes, materialize, pre_layer_weights, working_bytes
@@ -158,6 +158,10 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
         torch.cuda.reset_peak_memory_stats(device)
+    if config.distill:
+        raise ConfigError("--distill fits the whole model end to end, which the streaming engine (one layer in "
+                          "memory at a time) cannot run: prune in memory (--no-streaming, where the model fits with "
+                          "16 bytes per weight of its decoder blocks for the fit) or use --distill 0")
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"output format {output_format!r} is not supported; choose one of "
                           f"{', '.join(OUTPUT_FORMATS)}")

@@ -1,0 +1,200 @@
+"""End-to-end distillation after pruning (tfprune.engine.distill) against independent references: the chunked
+KL and its gradient against float64 autograd over whole logits, the dense targets against a plain transformers
+forward's logits, and the fit against a plain loop (torch.optim.Adam over the model's own `.logits`, the dense
+model kept as the teacher)."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tfprune
+from tfprune import PruneConfig
+from tfprune.engine import distill
+from tfprune.engine.discovery import decoder_layers, targets
+from tfprune.engine.fitting import norm_modules
+from tfprune.errors import ConfigError
+
+from architectures import build
+
+SMALL = dict(nsamples=8, seqlen=48, batch_size=4, reconstruct=0)
+
+
+class _Head:
+    """A stand-in for a model's output head: get_output_embeddings() and config."""
+
+    def __init__(self, linear, cap):
+        self.linear, self.config = linear, type("C", (), {"final_logit_softcapping": cap})()
+
+    def get_output_embeddings(self):
+        return self.linear
+
+
+@pytest.mark.parametrize("cap", [None, 2.5])
+def test_chunked_kl_and_its_gradient_match_float64_autograd(monkeypatch, cap):
+    torch.manual_seed(3)
+    n, hidden, vocab = 37, 24, 101
+    linear = torch.nn.Linear(hidden, vocab, bias=False)
+    linear.weight.requires_grad_(False)
+    head = distill.OutputHead(_Head(linear, cap))
+    monkeypatch.setattr(distill, "CHUNK_VALUES", 5 * vocab)  # chunks of 5 tokens: 8 chunks, the last of 2
+    student, teacher = torch.randn(n, hidden) * 3, torch.randn(n, hidden) * 3
+    student[4] = teacher[4]  # a token with KL 0
+    kl, grad = distill.kl_divergence(head, student, teacher)
+
+    def logits(h):
+        z = h @ linear.weight.double().T
+        return z if cap is None else torch.tanh(z / cap) * cap
+
+    leaf = student.double().requires_grad_(True)
+    reference = F.kl_div(torch.log_softmax(logits(leaf), -1), torch.log_softmax(logits(teacher.double()), -1),
+                         log_target=True, reduction="sum")
+    reference.backward()
+    assert kl == pytest.approx(float(reference), rel=1e-5)
+    assert grad.dtype == torch.float32 and grad.shape == (n, hidden)
+    torch.testing.assert_close(grad.double(), leaf.grad, rtol=1e-4, atol=1e-6)
+    assert float(grad[4].abs().max()) < 1e-5  # KL 0 at its minimum: no gradient
+    assert not linear.weight.requires_grad and linear.weight.grad is None
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gemma3", "qwen3"])
+def test_dense_targets_through_the_head_are_the_models_logits(name):
+    """Padded batches: at every real token, head(final hidden state) equals a plain forward's logits (Gemma 2's
+    final soft-capping included)."""
+    model, tokenizer = build(name, layers=2)
+    calib = tfprune.calib.build_calibration(None, tokenizer, PruneConfig(**SMALL))
+    states = distill.dense_final_states(model, calib, 4)
+    head = distill.OutputHead(model)
+    for (ids, mask), state in zip(calib.batches(4), states):
+        with torch.no_grad():
+            expected = model(input_ids=ids, attention_mask=mask).logits
+            real = mask.bool()
+            torch.testing.assert_close(head(state[real]), expected[real].float(), rtol=1e-5, atol=1e-5)
+    assert (name == "gemma2") == bool(head.cap)
+
+
+def _kept_weight_names(model) -> list[str]:
+    """Full names of every decoder block's prunable matrices and normalization weights."""
+    names = {id(module): name for name, module in model.named_modules()}
+    return [f"{names[id(block)]}.{name}" for block in decoder_layers(model)
+            for name in [t.parameter_name for t in targets(block).values()]
+            + [f"{n}.weight" for n in norm_modules(block)]]
+
+
+def _reference_distill(pruned, dense, calib, steps, lr, batch_size):
+    """The fit written plainly: the teacher's and the student's `.logits` from whole forwards, the KL of each
+    batch's real tokens by F.kl_div, torch.optim.Adam (not fused) on the kept weights and the norms, pruned
+    weights' gradients zeroed, the learning rate set by hand on the cosine."""
+    params = dict(pruned.named_parameters())
+    names = _kept_weight_names(pruned)
+    trained = [params[n] for n in names]
+    keeps = [p.detach() != 0 if "norm" not in n else torch.ones_like(p, dtype=torch.bool)
+             for n, p in zip(names, trained)]
+    for p in pruned.parameters():
+        p.requires_grad_(False)
+    for p in trained:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(trained, lr=lr)
+    batches = list(calib.batches(batch_size))
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        ids, mask = batches[step % len(batches)]
+        real = mask.bool()
+        with torch.no_grad():
+            target = dense(input_ids=ids, attention_mask=mask).logits[real]
+        logits = pruned(input_ids=ids, attention_mask=mask).logits[real]
+        loss = F.kl_div(torch.log_softmax(logits, -1), torch.log_softmax(target, -1), log_target=True,
+                        reduction="sum") / int(real.sum())
+        optimizer.zero_grad()
+        loss.backward()
+        for p, keep in zip(trained, keeps):
+            p.grad.masked_fill_(~keep, 0.0)
+        optimizer.step()
+    return {n: params[n].detach() for n in names}
+
+
+@pytest.mark.parametrize("name", ["gemma3", "gemma2"])
+def test_distillation_matches_a_plain_adam_loop_on_the_models_logits(name, monkeypatch):
+    monkeypatch.setattr(distill, "CHUNK_VALUES", 7 * 1024)  # several chunks per batch
+    dense, tokenizer = build(name, layers=2)
+    config = PruneConfig(pattern="2:4", **SMALL)
+    one_shot = copy.deepcopy(dense)
+    tfprune.prune(one_shot, tokenizer, config, progress=False)
+    one_shot_start = copy.deepcopy(one_shot)
+    fitted = copy.deepcopy(dense)
+    report = tfprune.prune(fitted, tokenizer, PruneConfig(pattern="2:4", distill=5, distill_lr=3e-3, **SMALL),
+                           progress=False)
+    calib = tfprune.calib.build_calibration(None, tokenizer, config)
+    expected = _reference_distill(one_shot, dense, calib, 5, 3e-3, SMALL["batch_size"])
+    params, start = dict(fitted.named_parameters()), dict(one_shot_start.named_parameters())
+    for key, value in expected.items():
+        ours, theirs = params[key] - start[key], value - start[key]  # the fit's update
+        # Adam divides by sqrt(v): a weight whose gradient is ~0 moves by float noise; compare whole updates
+        assert float(theirs.norm()) > 0 and float((ours - theirs).norm() / theirs.norm()) < 1e-4, key
+    changed = [key for key, value in expected.items() if not torch.equal(value, dict(dense.named_parameters())[key])]
+    assert len(changed) == len(expected)  # every kept weight and norm was fitted
+    d = report.distillation
+    assert d["steps"] == 5 and d["kl_last"] < d["kl_first"] and "distillation: 5 steps" in report.table()
+
+
+def test_distillation_keeps_the_pattern_and_every_dtype_in_a_bf16_model(tiny_model):
+    model, tokenizer = tiny_model("llama")
+    model.to(torch.bfloat16)
+    buffers = {name: b.dtype for name, b in model.named_buffers()}
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    report = tfprune.prune(model, tokenizer, PruneConfig(pattern="2:4", distill=4, distill_lr=1e-3, **SMALL),
+                           progress=False)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {name: b.dtype for name, b in model.named_buffers()} == buffers
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+    for block in decoder_layers(model):
+        for target in targets(block).values():
+            weight = target.matrix()
+            groups = (weight != 0).reshape(weight.shape[0], -1, 4).sum(-1)
+            assert bool((groups == 2).all())
+            assert not bool(torch.signbit(weight[weight == 0]).any())  # +0.0
+    assert all(math.isfinite(v) for v in (report.distillation["kl_first"], report.distillation["kl_last"]))
+
+
+def test_distillation_fits_fused_experts_and_kept_dense_matrices():
+    """Mixtral's fused experts [E, out, in] (one parameter, every expert's mask kept) and a matrix the layer plan
+    keeps dense (fitted whole)."""
+    model, tokenizer = build("mixtral", layers=2)
+    dense = copy.deepcopy(model)
+    report = tfprune.prune(model, tokenizer, PruneConfig(pattern="2:4", keep_dense=0.1, distill=3, distill_lr=1e-3,
+                                                         **{**SMALL, "batch_size": 1}), progress=False)
+    assert report.kept_dense
+    before = dict(dense.named_parameters())
+    for index, block in enumerate(decoder_layers(model)):
+        for name, target in targets(block).items():
+            weight = target.matrix()
+            original = target.view(before[f"model.layers.{index}.{target.parameter_name}"])
+            if f"{index}.{name}" in report.kept_dense:
+                assert bool((weight != 0).all()) and not torch.equal(weight, original)
+            else:
+                assert bool(((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) == 2).all())
+                kept = weight != 0
+                assert not torch.equal(weight[kept], original[kept]), name  # fitted (the experts: by their tokens)
+
+
+def test_a_model_whose_logits_are_not_its_head_is_refused_before_pruning(tiny_model):
+    model, tokenizer = tiny_model("llama")
+    model.config.final_logit_softcapping = 1.0  # Llama's forward ignores it: the head would not be the logits
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    with pytest.raises(ConfigError, match="logits are not its LM head"):
+        tfprune.prune(model, tokenizer, PruneConfig(pattern="2:4", distill=2, **SMALL), progress=False)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+def test_distillation_is_recorded_in_the_saved_output(tiny_model, tmp_path):
+    import json
+
+    model, tokenizer = tiny_model("gpt2")
+    config = PruneConfig(pattern="2:4", distill=2, **SMALL)
+    report = tfprune.prune(model, tokenizer, config, progress=False)
+    tfprune.save_pruned(model, tokenizer, tmp_path / "out", config, report)
+    record = json.loads((tmp_path / "out" / "tfprune.json").read_text())
+    assert record["config"]["distill"] == 2 and record["report"]["distillation"]["steps"] == 2
