@@ -68,8 +68,8 @@ class PruneReport:
             lines.append(f"block reconstruction, relative output error on the calibration batches: {errors}")
         if self.distillation:
             d = self.distillation
-            lines.append(f"distillation: {d['steps']} steps, KL from the dense model {d['kl_first']:.4g} -> "
-                         f"{d['kl_last']:.4g} nats/token on the calibration batches, {d['seconds']:.1f} s")
+            lines.append(f"distillation: {d['steps']} steps, KL from the dense model {d['kl_before']:.4g} -> "
+                         f"{d['kl_after']:.4g} nats/token on the first calibration batch, {d['seconds']:.1f} s")
         if self.kept_dense:
             shapes = {layer.name: layer.shape for layer in self.layers}
             weights = sum(shapes[name][0] * shapes[name][1] for name in self.kept_dense)

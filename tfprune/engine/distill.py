@@ -11,11 +11,14 @@ step, in turn), through every block (tfprune.engine.fitting: masks fixed, the pa
 
 The dense model's distributions come from its final hidden states ([B, T, H] per batch, recorded before
 pruning: one more copy of the activations, no dense copy of the model) through the output head the two models
-share (embeddings and LM head are never pruned), checked once against the model's own logits. Logits are made
-for a chunk of tokens at a time ([chunk, V] float32, at most 2^26 values), used and dropped: the vocabulary
-never multiplies the batch's memory. The in-memory engine only: a step runs the whole model forward and back.
-Memory: the model in float32 while fitting, the gradients and Adam's two moments of the decoder blocks' fitted
-weights (16 bytes per weight), one batch's autograd state through every block, the dense final hidden states.
+share (embeddings and LM head are never pruned, and stay frozen), checked once against the model's own logits.
+The KL's gradient with respect to the final hidden states is written out (softmax(z_pruned) − softmax(z_dense),
+through the soft-cap, times the head's weight) for a chunk of tokens at a time, so that no autograd graph
+holds logits: about four [chunk, V] float32 buffers (CHUNK_VALUES values each) exist at once. The in-memory
+engine only: a step runs the whole model forward and back. Memory (checked before pruning, `check_memory`):
+a float32 copy of the model where it is not float32, the gradients and Adam's two moments of the decoder
+blocks' fitted weights and their keep-masks (13 bytes per weight), one batch's autograd state through every
+block (not counted), the dense final hidden states.
 """
 from __future__ import annotations
 
@@ -29,40 +32,42 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, NonFiniteActivationError
+from .activations import free_memory
 from .discovery import decoder_layers
 from .fitting import KeptWeights, fitting_in_float32
 
-__all__ = ["Distillation", "OutputHead", "dense_final_states", "distill_", "kl_divergence"]
+__all__ = ["Distillation", "OutputHead", "check_memory", "dense_final_states", "distill_", "kl_divergence"]
 
 log = logging.getLogger("tfprune")
-CHUNK_VALUES = 2**26  # logits [chunk, V] float32 made at a time: 256 MB
+CHUNK_VALUES = 2**26  # values of one [chunk, V] float32 buffer: 256 MB
 
 
 @dataclass
 class Distillation:
     """What the end-to-end distillation did: steps, seconds, and the KL divergence from the dense model
-    (nats per token) of the first step's batch before any update and the mean over the last pass over the
-    batches (the last min(steps, batches) steps, each measured before its own update)."""
+    (nats per token) of the first calibration batch before the fit and after it (the returned model, in its
+    own dtype)."""
 
     steps: int
     seconds: float
-    kl_first: float
-    kl_last: float
+    kl_before: float
+    kl_after: float
 
 
 class OutputHead:
     """The model's logits from its final hidden states: hidden [n, H] -> logits [n, V] float32, the output
-    embeddings (the LM head) and, where the configuration has one, the final logit soft-capping (Gemma 2)."""
+    embeddings (an nn.Linear, weight [V, H]) and, where the configuration has one, the final logit
+    soft-capping (Gemma 2)."""
 
     def __init__(self, model: nn.Module):
         self.linear = model.get_output_embeddings()
-        if self.linear is None:
-            raise ConfigError(f"{type(model).__name__} has no output embeddings (LM head): distillation matches "
-                              "next-token distributions and needs one")
+        if not isinstance(self.linear, nn.Linear):
+            raise ConfigError(f"{type(model).__name__} has no nn.Linear output embeddings (LM head): --distill "
+                              "matches next-token distributions through it; use --distill 0")
         self.cap = getattr(model.config, "final_logit_softcapping", None)
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.linear(hidden).float()
+        logits = self.linear(hidden.to(self.linear.weight.dtype)).float()
         return logits if not self.cap else torch.tanh(logits / self.cap) * self.cap
 
     @property
@@ -72,15 +77,19 @@ class OutputHead:
 
 def _final_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """[B, T, H]: the base model's last hidden states (after its final norm), what the LM head reads."""
-    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 
 @torch.no_grad()
 def _check_head(model: nn.Module, head: OutputHead, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
     """Refuse a model whose logits are not head(final hidden states) (a logit scale, a projection the head
     does not know): the distillation would match the wrong distributions. Checked on one prompt's first
-    16 tokens, to float32 precision of the model's dtype."""
+    16 tokens, to the precision of the model's dtype."""
+    base = model.base_model
+    if base is model or not hasattr(base(input_ids=input_ids[:1, :2], attention_mask=attention_mask[:1, :2],
+                                         use_cache=False), "last_hidden_state"):
+        raise ConfigError(f"{type(model).__name__} has no base model that returns its last hidden states: --distill "
+                          "cannot read the states its LM head sees; use --distill 0")
     ids, mask = input_ids[:1, :16], attention_mask[:1, :16]
     expected = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
     got = head(_final_hidden(model, ids, mask))
@@ -91,10 +100,27 @@ def _check_head(model: nn.Module, head: OutputHead, input_ids: torch.Tensor, att
                           "use --distill 0")
 
 
+def check_memory(model: nn.Module) -> None:
+    """Refuse, before any work, a distillation whose weights cannot fit the model's device: a float32 copy of
+    every parameter not in float32, and 13 bytes per weight of the decoder blocks' prunable matrices and
+    norms (float32 gradient, Adam's two moments, keep-mask), against the device's free memory now."""
+    device = next(model.parameters()).device
+    params = {id(p): p for p in model.parameters()}.values()
+    upcast = sum(4 * p.numel() for p in params if p.dtype != torch.float32)
+    fitted = sum(p.numel() for p in {id(p): p for block in decoder_layers(model) for p in block.parameters()
+                                     if p.dim() >= 1}.values())
+    needed, free = upcast + 13 * fitted, free_memory(device)
+    if needed > free:
+        raise ConfigError(f"--distill needs ~{needed / 2**30:.1f} GiB more on {device} (a float32 copy of the model "
+                          f"and Adam's state for its {fitted / 1e6:.0f} M block weights), {free / 2**30:.1f} GiB "
+                          "are free: use a larger device or --distill 0")
+
+
 @torch.no_grad()
 def dense_final_states(model: nn.Module, calibration, batch_size: int) -> list[torch.Tensor]:
     """The dense model's final hidden states [B, T, H] (its dtype, its device) of every calibration batch
     (calibration.batches(batch_size)), the distillation's targets; checks the output head first."""
+    model.eval()
     device = next(model.parameters()).device
     head = OutputHead(model)
     states = []
@@ -106,38 +132,61 @@ def dense_final_states(model: nn.Module, calibration, batch_size: int) -> list[t
     return states
 
 
+@torch.no_grad()
 def kl_divergence(head: OutputHead, student: torch.Tensor, teacher: torch.Tensor) -> tuple[float, torch.Tensor]:
     """Σ over tokens of KL(softmax(head(teacher)) ‖ softmax(head(student))) and its gradient with respect to
-    student: [n, H] -> (float, [n, H] float32). Chunked over tokens so that at most CHUNK_VALUES logits exist at
-    once; the head's weights take no gradient."""
-    leaf = student.detach().float().requires_grad_(True)
+    student: [n, H], [n, H] -> (float, [n, H] float32). Per chunk of tokens (CHUNK_VALUES logits):
+    dKL/dz = softmax(z_student) − softmax(z_teacher) for logits z, times 1 − tanh² through a soft-cap, then
+    times the head's weight [V, H]. The head's weights take no gradient."""
+    weight = head.linear.weight
+    grad = torch.empty(student.shape, dtype=torch.float32, device=student.device)
     chunk = max(1, CHUNK_VALUES // head.vocab)
     total = 0.0
-    for start in range(0, leaf.shape[0], chunk):
-        with torch.no_grad():
-            log_p = torch.log_softmax(head(teacher[start:start + chunk].float()), dim=-1)
-        with torch.enable_grad():
-            log_q = torch.log_softmax(head(leaf[start:start + chunk]), dim=-1)
-            kl = (log_p.exp() * (log_p - log_q)).sum()
-            kl.backward()
-        total += float(kl.detach())
-    return total, leaf.grad
+    for start in range(0, student.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        log_p = torch.log_softmax(head(teacher[rows]), dim=-1)
+        raw = head.linear(student[rows].to(weight.dtype)).float()
+        if head.cap:
+            capped = torch.tanh(raw.div_(head.cap))  # raw / cap, then tanh: raw's buffer holds tanh's input
+            log_q = torch.log_softmax(capped * head.cap, dim=-1)
+        else:
+            capped, log_q = None, torch.log_softmax(raw, dim=-1)
+        del raw
+        total += float((log_p.exp() * (log_p - log_q)).sum())
+        d_logits = log_q.exp_().sub_(log_p.exp_())  # softmax(z_student) − softmax(z_teacher), in log_q's buffer
+        if capped is not None:
+            d_logits.mul_(1 - capped.square_())
+        grad[rows] = (d_logits.to(weight.dtype) @ weight).float()
+    return total, grad
 
 
-def distill_(model: nn.Module, calibration, targets: list[torch.Tensor], steps: int, lr: float, batch_size: int,
-             progress: bool = False) -> Distillation:
-    """Fit the pruned `model` in place (see the module docstring): `steps` Adam steps at learning rate `lr`
-    (cosine decay), step i on batch i mod len(targets) of calibration.batches(batch_size), whose dense final
-    hidden states are targets[i] (dense_final_states before pruning). Returns the KL divergence on the
-    first batch and on the last pass."""
+def _kl(model: nn.Module, head: OutputHead, batch, dense_state: torch.Tensor, device) -> float:
+    """The mean KL per real token of one batch (input_ids, attention_mask), no gradient."""
+    input_ids, attention_mask = (t.to(device) for t in batch)
+    real = attention_mask.bool()
+    with torch.no_grad():
+        total, _ = kl_divergence(head, _final_hidden(model, input_ids, attention_mask)[real], dense_state[real])
+    return total / int(real.sum())
+
+
+def distill_(model: nn.Module, calibration, dense_states: list[torch.Tensor], steps: int, lr: float,
+             batch_size: int, progress: bool = False) -> Distillation:
+    """Fit the pruned `model` in place (see the module docstring): `steps` >= 1 Adam steps at peak learning
+    rate `lr` (cosine decay), step i on batch i mod len(dense_states) of calibration.batches(batch_size), whose
+    dense final hidden states are dense_states[i] (dense_final_states before pruning). Returns the KL divergence
+    of the first batch before and after. Raises NonFiniteActivationError at the first non-finite loss or at
+    non-finite weights (the model in memory is then half fitted: nothing should be written from it)."""
+    if steps < 1:
+        raise ValueError(f"distillation needs steps >= 1, got {steps}")
     start = time.perf_counter()
+    model.eval()
     device = next(model.parameters()).device
     batches = list(calibration.batches(batch_size))
-    if len(batches) != len(targets):
-        raise ValueError(f"{len(targets)} dense final states for {len(batches)} calibration batches")
-    losses = []
+    if len(batches) != len(dense_states):
+        raise ValueError(f"{len(dense_states)} dense final states for {len(batches)} calibration batches")
+    head = OutputHead(model)
+    before = _kl(model, head, batches[0], dense_states[0], device)
     with fitting_in_float32(model):
-        head = OutputHead(model)
         kept = KeptWeights(decoder_layers(model))
         for p in kept.parameters:
             p.requires_grad_(True)
@@ -149,22 +198,25 @@ def distill_(model: nn.Module, calibration, targets: list[torch.Tensor], steps: 
             i = step % len(batches)
             input_ids, attention_mask = (t.to(device) for t in batches[i])
             real = attention_mask.bool()
+            tokens = int(real.sum())
             with torch.enable_grad():
                 student = _final_hidden(model, input_ids, attention_mask)[real]
-                kl, grad = kl_divergence(head, student, targets[i][real])
-                tokens = int(real.sum())
-                optimizer.zero_grad(set_to_none=True)
-                student.backward(grad.to(student.dtype) / tokens)
+                kl, grad = kl_divergence(head, student, dense_states[i][real])
+                if not math.isfinite(kl):
+                    raise NonFiniteActivationError(f"distillation diverged at step {step} (KL {kl}); nothing was "
+                                                   "written: lower --distill-lr")
+                student.backward(grad.div_(tokens).to(student.dtype))
             kept.mask_gradients_()
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)  # before the next forward: its gradients are not kept alive
             schedule.step()
-            losses.append(kl / tokens)
-            bar.set_postfix(kl=f"{losses[-1]:.4f}")
+            bar.set_postfix(kl=f"{kl / tokens:.4f}")
     kept.reset_pruned_()
-    if not kept.finite() or not all(map(math.isfinite, losses)):
-        raise NonFiniteActivationError("distillation diverged (NaN/Inf weights or loss); lower --distill-lr")
-    last = losses[-min(steps, len(batches)):]
-    result = Distillation(steps, time.perf_counter() - start, losses[0], sum(last) / len(last))
-    log.info("distillation: %d steps, KL from the dense model %.4g -> %.4g nats/token (%.1f s)", steps,
-             result.kl_first, result.kl_last, result.seconds)
+    if not kept.finite():
+        raise NonFiniteActivationError("distillation diverged (NaN/Inf weights); nothing was written: lower "
+                                       "--distill-lr")
+    result = Distillation(steps, time.perf_counter() - start, before,
+                          _kl(model, head, batches[0], dense_states[0], device))
+    log.info("distillation: %d steps, KL from the dense model on the first batch %.4g -> %.4g nats/token (%.1f s)",
+             steps, result.kl_before, result.kl_after, result.seconds)
     return result

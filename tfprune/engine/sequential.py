@@ -25,7 +25,7 @@ from .calibrate import collect_block_stats, needs_unpadded_batches
 from .activations import ActivationStore
 from .capture import capture_layer_inputs, run_block
 from .discovery import check_architecture, decoder_layers, targets
-from .distill import dense_final_states, distill_
+from .distill import check_memory, dense_final_states, distill_
 from .layer import kept_dense_report, mask_selection, prune_target
 from .plan import LayerPlan, make_plan, measure_block, needs_dense_pass, uniform_plan
 from .reconstruct import BlockReconstruction, goal_keeper, reconstruct_block_
@@ -152,6 +152,8 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, calib=None, contrast
     check_architecture(model)
     check_prunable(model, config)
     check_finite_weights(model.named_parameters())
+    if config.distill:
+        check_memory(model)
     streams = calibration_streams(tokenizer, config, calib, contrast_calib)
     model.eval()
     use_cache = getattr(model.config, "use_cache", None)
@@ -166,6 +168,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, calib=None, contrast
         for stream, calibration in streams.items():
             for item in capture_layer_inputs(model, calibration, stream, batch_size):
                 inputs.append(item)
+        item = None  # the store holds every batch; this name would keep the last one alive once it is replaced
         blocks = decoder_layers(model)
         plan = uniform_plan(config, len(blocks))
         if needs_dense_pass(config):
@@ -173,6 +176,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, calib=None, contrast
             plan = dense_pass(enumerate(blocks), inputs, config, len(blocks), progress)
             for i, hidden in enumerate(originals):
                 inputs.put(i, hidden)
+            del originals
         report = PruneReport(calibration_tokens=streams["translation"].tokens, block_sparsity=plan.sparsities,
                              kept_dense=plan.kept())
         for index, block in enumerate(tqdm(blocks, desc="pruning", unit="block", disable=not progress)):

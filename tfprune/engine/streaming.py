@@ -159,9 +159,10 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
         device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
         torch.cuda.reset_peak_memory_stats(device)
     if config.distill:
-        raise ConfigError("--distill fits the whole model end to end, which the streaming engine (one layer in "
-                          "memory at a time) cannot run: prune in memory (--no-streaming, where the model fits with "
-                          "16 bytes per weight of its decoder blocks for the fit) or use --distill 0")
+        raise ConfigError("--distill fits the whole model end to end and needs it in memory; the streaming engine "
+                          "(--streaming, or chosen because the model does not fit the device's free memory) holds one "
+                          "layer at a time: prune in memory (--no-streaming, on a device with room for the model in "
+                          "float32 and 13 bytes per weight of its blocks) or use --distill 0")
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"output format {output_format!r} is not supported; choose one of "
                           f"{', '.join(OUTPUT_FORMATS)}")
