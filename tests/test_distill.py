@@ -142,7 +142,7 @@ def test_distillation_matches_a_plain_adam_loop_on_the_models_logits(name, monke
     expected = _reference_distill(one_shot, dense, calib, 5, 3e-3, SMALL["batch_size"])
     params, start = dict(fitted.named_parameters()), dict(one_shot_start.named_parameters())
     for key, value in expected.items():
-        ours, theirs = params[key] - start[key], value - start[key]  # the fit's update
+        ours, theirs = (params[key] - start[key]).detach(), (value - start[key]).detach()  # the fit's update
         # Adam divides by sqrt(v): a weight whose gradient is ~0 moves by float noise; compare whole updates
         assert float(theirs.norm()) > 0 and float((ours - theirs).norm() / theirs.norm()) < 1e-4, key
         assert torch.equal(params[key] != 0, start[key] != 0) or "norm" in key, key  # the masks did not move
