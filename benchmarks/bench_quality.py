@@ -39,8 +39,8 @@ CALIB_SENTENCES = 56  # of the built-in corpus's 72 per language; the last 16 ar
 SHOTS = 4
 PATTERNS = {"2:4": dict(pattern="2:4"), "50%": dict(sparsity=0.5)}
 # label -> (PruneConfig options, calibration stream, contrast stream or None); one-shot variants without
-# reconstruction (tfprune's default for N:M turns it on), which `--options reconstruct=STEPS` adds to any of them
-ONE_SHOT = dict(reconstruct=0)
+# reconstruction or distillation (tfprune's defaults for N:M), which `--options reconstruct=STEPS,distill=STEPS` add
+ONE_SHOT = dict(reconstruct=0, distill=0)
 VARIANTS = {
     "magnitude": (dict(method="magnitude", **ONE_SHOT), "translation", None),
     "wanda": (dict(method="wanda", **ONE_SHOT), "translation", None),
@@ -52,7 +52,7 @@ VARIANTS = {
     "ria": (dict(method="ria", **ONE_SHOT), "translation", None),
     "wanda-all-directions": (dict(method="wanda", **ONE_SHOT), "all-directions", None),
     # 64 steps: the record's rows; tfprune's default is 256 (`--options reconstruct=256`)
-    "wanda+reconstruct": (dict(method="wanda", reconstruct=64), "translation", None),
+    "wanda+reconstruct": (dict(method="wanda", reconstruct=64, distill=0), "translation", None),
 }
 
 

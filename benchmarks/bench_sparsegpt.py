@@ -24,11 +24,11 @@ from tfprune.calib import build_calibration
 from tfprune.engine.discovery import decoder_layers, find_linears, weight_matrix
 from tfprune.sparsegpt import factorize, sparsegpt_prune_
 
-VARIANTS = {  # label -> PruneConfig options (None = dense)
+VARIANTS = {  # label -> PruneConfig options (None = dense); one-shot: N:M reconstructs and distills by default
     "dense": None,
-    "wanda-2:4": dict(method="wanda", pattern="2:4", reconstruct=0),  # one-shot: the N:M default reconstructs
-    "wanda-2:4+obs": dict(method="wanda", pattern="2:4", update="obs", reconstruct=0),
-    "sparsegpt-2:4": dict(method="sparsegpt", pattern="2:4", reconstruct=0),
+    "wanda-2:4": dict(method="wanda", pattern="2:4", reconstruct=0, distill=0),
+    "wanda-2:4+obs": dict(method="wanda", pattern="2:4", update="obs", reconstruct=0, distill=0),
+    "sparsegpt-2:4": dict(method="sparsegpt", pattern="2:4", reconstruct=0, distill=0),
 }
 
 

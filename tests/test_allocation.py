@@ -23,8 +23,8 @@ from tfprune.engine.plan import BlockMeasure, LayerPlan, dense_allocation, make_
 from tfprune.engine.streaming import prune_streaming
 from tfprune.models import load_model
 
-TINY = dict(nsamples=4, seqlen=32, batch_size=2)  # every test here that prunes sets reconstruct
-CLI_TINY = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet"]
+TINY = dict(nsamples=4, seqlen=32, batch_size=2, distill=0)  # every test here that prunes sets reconstruct
+CLI_TINY = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet", "--distill", "0"]
 
 
 def test_dense_allocation_is_a_greedy_knapsack_by_cost_per_weight():

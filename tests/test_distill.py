@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import tfprune
 from tfprune import PruneConfig
+from tfprune.config import DEFAULT_DISTILL_STEPS
 from tfprune.engine import distill
 from tfprune.engine.discovery import decoder_layers, targets
 from tfprune.engine.fitting import norm_modules
@@ -131,7 +132,7 @@ def _reference_distill(pruned, dense, calib, steps, lr, batch_size):
 def test_distillation_matches_a_plain_adam_loop_on_the_models_logits(name, monkeypatch):
     monkeypatch.setattr(distill, "CHUNK_VALUES", 7 * 1024)  # several chunks per batch
     dense, tokenizer = build(name, layers=2)
-    config = PruneConfig(pattern="2:4", **SMALL)
+    config = PruneConfig(pattern="2:4", distill=0, **SMALL)  # one-shot: no distillation
     calib = calibration(tokenizer)
     one_shot = copy.deepcopy(dense)
     tfprune.prune(one_shot, tokenizer, config, calib=calib, progress=False)
@@ -161,7 +162,7 @@ def test_distillation_keeps_the_pattern_and_every_dtype_in_a_bf16_model(tiny_mod
     buffers = {name: b.dtype for name, b in model.named_buffers()}
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     one_shot = copy.deepcopy(model)
-    tfprune.prune(one_shot, tokenizer, PruneConfig(pattern="2:4", **SMALL), progress=False)
+    tfprune.prune(one_shot, tokenizer, PruneConfig(pattern="2:4", distill=0, **SMALL), progress=False)
     report = tfprune.prune(model, tokenizer, PruneConfig(pattern="2:4", distill=4, distill_lr=1e-3, **SMALL),
                            progress=False)
     fitted, start = dict(model.named_parameters()), dict(one_shot.named_parameters())
@@ -243,7 +244,8 @@ def test_a_failed_fit_gives_the_model_back_in_its_dtypes_and_a_diverged_one_is_a
 
 def test_reconstruction_leaves_no_gradient_behind(tiny_model):
     model, tokenizer = tiny_model("llama")
-    tfprune.prune(model, tokenizer, PruneConfig(pattern="2:4", **{**SMALL, "reconstruct": 3}), progress=False)
+    config = PruneConfig(pattern="2:4", distill=0, **{**SMALL, "reconstruct": 3})
+    tfprune.prune(model, tokenizer, config, progress=False)
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -254,3 +256,63 @@ def test_a_distillation_that_cannot_fit_the_memory_is_refused_before_pruning(tin
     with pytest.raises(ConfigError, match="--distill needs ~.* GiB more on cpu"):
         tfprune.prune(model, tokenizer, PruneConfig(pattern="2:4", distill=2, **SMALL), progress=False)
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("pattern, method, steps", [("2:4", "wanda", DEFAULT_DISTILL_STEPS),
+                                                    ("4:8", "sparsegpt", DEFAULT_DISTILL_STEPS),
+                                                    ("unstructured", "wanda", 0), ("2:4", "magnitude", 0)])
+def test_distillation_is_the_in_memory_default_for_nm_patterns_only(tiny_model, pattern, method, steps):
+    model, tokenizer = tiny_model("llama")
+    report = tfprune.prune(model, tokenizer, PruneConfig(pattern=pattern, method=method, **SMALL), progress=False)
+    assert (report.distillation or {}).get("steps", 0) == steps
+
+
+def test_the_default_distillation_is_skipped_with_a_warning_where_it_does_not_fit(tiny_model, monkeypatch, caplog):
+    model, tokenizer = tiny_model("llama")
+    config = PruneConfig(pattern="2:4", **SMALL)
+    needed = distill.fit_bytes(model, config)
+    monkeypatch.setattr(distill, "free_memory", lambda device: needed)
+    assert distill.planned_steps(model, config) == DEFAULT_DISTILL_STEPS
+    monkeypatch.setattr(distill, "free_memory", lambda device: needed - 1)
+    report = tfprune.prune(model, tokenizer, config, progress=False)
+    assert report.distillation is None and "no end-to-end distillation" in caplog.text
+    with pytest.raises(ConfigError, match="--distill needs"):  # asked for: refused, not skipped
+        distill.planned_steps(model, PruneConfig(pattern="2:4", distill=DEFAULT_DISTILL_STEPS, **SMALL))
+
+
+def test_fit_bytes_counts_the_upcast_the_states_and_one_prompts_activations(tiny_model):
+    model, _ = tiny_model("llama")
+    short, long = PruneConfig(pattern="2:4", **SMALL), PruneConfig(pattern="2:4", **{**SMALL, "seqlen": 96})
+    blocks, hidden = len(decoder_layers(model)), model.config.hidden_size
+    # doubling the tokens adds the states of nsamples more prompts' tokens and one prompt's activations
+    grown = distill.fit_bytes(model, long) - distill.fit_bytes(model, short)
+    vocab = model.config.vocab_size
+    activations = lambda t: 4 * t * ((blocks + 16) * hidden + 4 * model.config.intermediate_size) + 16 * min(
+        distill.CHUNK_VALUES, t * vocab)
+    assert grown == SMALL["nsamples"] * 48 * hidden * 4 + activations(96) - activations(48)
+    half = copy.deepcopy(model).to(torch.bfloat16)  # a float32 copy of every parameter, half the states
+    numel = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    assert distill.fit_bytes(half, short) - distill.fit_bytes(model, short) == 4 * numel - (
+        SMALL["nsamples"] * 48 * hidden * 2)
+
+
+def test_every_block_runs_under_activation_checkpointing_one_prompt_at_a_time(tiny_model, monkeypatch):
+    model, tokenizer = tiny_model("llama")
+    calib = calibration(tokenizer)
+    layer = type(decoder_layers(model)[0])
+    calls = []
+    forward = layer.forward
+
+    def counted(self, hidden_states, *args, **kwargs):
+        calls.append((hidden_states.shape[0], torch.is_grad_enabled()))
+        return forward(self, hidden_states, *args, **kwargs)
+
+    states = distill.dense_final_states(model, calib, 4)
+    monkeypatch.setattr(layer, "forward", counted)
+    calls.clear()
+    distill.distill_(model, calib, states, 1, 1e-3, 4)
+    blocks = len(decoder_layers(model))
+    per_prompt = [(1, True)] * 2 * blocks  # the forward and, in the backward, the recomputation
+    batch = next(iter(calib.batches(4)))[0].shape[0]
+    assert calls[blocks:-blocks] and sorted(calls[blocks:-blocks]) == sorted(per_prompt * batch)
+    assert all("forward" not in vars(block) for block in decoder_layers(model))  # the class's forward again

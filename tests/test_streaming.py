@@ -24,7 +24,7 @@ from tfprune.engine.streaming import KILL_AFTER_LAYER_ENV, prune_streaming
 from tfprune.errors import RunMismatchError
 from tfprune.models import load_model
 
-TINY = dict(nsamples=4, seqlen=32, batch_size=2)
+TINY = dict(nsamples=4, seqlen=32, batch_size=2, distill=0)  # the in-memory default for N:M; streaming: none
 CLI_TINY = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet", "--streaming", "--shard-size", "90KB"]
 
 

@@ -36,10 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconstruct-mask", default="fixed", choices=list(RECONSTRUCT_MASKS),
                    help="learned: the reconstruction re-selects each pruned matrix's mask from its current weights "
                         "at every step (same score, pattern and protected channels; straight-through gradients)")
-    p.add_argument("--distill", type=int, default=0, metavar="STEPS",
+    p.add_argument("--distill", type=int, default=None, metavar="STEPS",
                    help="end-to-end distillation after pruning: Adam steps fitting every decoder block's kept weights "
                         "and norms to the dense model's next-token distributions (KL) on the calibration prompts; "
-                        "in memory only (default: 0, off)")
+                        "in memory only; 0: off (default: 30 for N:M patterns except magnitude/random where "
+                        "it fits the device's free memory, else 0 with a warning; the streaming engine: 0)")
     p.add_argument("--distill-lr", type=float, default=5e-5, help="its peak learning rate (cosine decay)")
     p.add_argument("--sparsity", type=float, default=None, help="fraction pruned per row (default 0.5; N:M fixes it)")
     p.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M, e.g. 2:4")

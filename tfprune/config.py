@@ -65,6 +65,7 @@ class ProtectRule:
 
 
 DEFAULT_RECONSTRUCT_STEPS = 256  # the best 2:4 the real-model benchmark found (benchmarks/README.md, "Quality")
+DEFAULT_DISTILL_STEPS = 30  # with the reconstruction, the best 2:4 the benchmark found (benchmarks/README.md)
 BASELINE_METHODS = ("magnitude", "random")
 RECONSTRUCT_MASKS = ("fixed", "learned")
 
@@ -74,6 +75,13 @@ def default_reconstruct_steps(method: str, nm: tuple[int, int] | None) -> int:
     and the quality benchmark found block-wise reconstruction the best method (Gemma 3 270M, 2:4); off for
     unstructured sparsity and for the calibration-free baselines, which are asked for as they are published."""
     return DEFAULT_RECONSTRUCT_STEPS if nm is not None and method not in BASELINE_METHODS else 0
+
+
+def default_distill_steps(method: str, nm: tuple[int, int] | None) -> int:
+    """End-to-end distillation steps when none are asked for, in memory (the streaming engine never distills):
+    on for N:M patterns, after the block-wise reconstruction, where the quality benchmark found the two
+    together the best 2:4 (Gemma 3 270M); off for unstructured sparsity and the calibration-free baselines."""
+    return DEFAULT_DISTILL_STEPS if nm is not None and method not in BASELINE_METHODS else 0
 
 
 @dataclass(frozen=True)
@@ -113,8 +121,9 @@ class PruneConfig:
                 dense matrices until the fit starts).
     distill:    Adam steps of end-to-end distillation after pruning (0 = off): every decoder block's kept weights
                 and norms fitted at once to the dense model's next-token distributions (KL over the vocabulary)
-                on the calibration prompts (tfprune.engine.distill; the in-memory engine only);
-                distill_lr: its peak learning rate (cosine decay to zero).
+                on the calibration prompts (tfprune.engine.distill; the in-memory engine only); None = the
+                in-memory engine's default_distill_steps (on for N:M) where the fit fits the device's free
+                memory, else 0; the streaming engine: 0; distill_lr: its peak learning rate (cosine decay to 0).
     """
 
     method: str = "wanda"
@@ -138,7 +147,7 @@ class PruneConfig:
     reconstruct: int | None = None
     reconstruct_lr: float = 1e-4
     reconstruct_mask: str = "fixed"
-    distill: int = 0
+    distill: int | None = None
     distill_lr: float = 5e-5
 
     def __post_init__(self):
@@ -201,7 +210,8 @@ class PruneConfig:
                                                          and 0 < self.reconstruct_lr < 1
                                                          and math.isfinite(self.reconstruct_lr)):
             raise ConfigError(f"reconstruct_lr must be a learning rate in (0, 1), got {self.reconstruct_lr!r}")
-        if isinstance(self.distill, bool) or not (isinstance(self.distill, int) and self.distill >= 0):
+        if self.distill is not None and (isinstance(self.distill, bool)
+                                         or not (isinstance(self.distill, int) and self.distill >= 0)):
             raise ConfigError(f"distill must be a number of steps >= 0, got {self.distill!r}")
         if isinstance(self.distill_lr, bool) or not (isinstance(self.distill_lr, (int, float))
                                                      and 0 < self.distill_lr < 1 and math.isfinite(self.distill_lr)):

@@ -15,28 +15,37 @@ share (embeddings and LM head are never pruned, and stay frozen), checked once a
 The KL's gradient with respect to the final hidden states is written out (softmax(z_pruned) − softmax(z_dense),
 through the soft-cap, times the head's weight) for a chunk of tokens at a time, so that no autograd graph
 holds logits: about four [chunk, V] float32 buffers (CHUNK_VALUES values each) exist at once. The in-memory
-engine only: a step runs the whole model forward and back. Memory (checked before pruning, `check_memory`):
-a float32 copy of the model where it is not float32, the gradients and Adam's two moments of the decoder
-blocks' fitted weights and their keep-masks (13 bytes per weight), one batch's autograd state through every
-block (not counted), the dense final hidden states.
+engine only: a step runs the whole model forward and back, one prompt of the batch at a time (the gradients of
+the batch's prompts add up: the same step as the whole batch at once), each decoder block under activation
+checkpointing (torch.utils.checkpoint: only the blocks' inputs are kept through the forward, one block's
+autograd state is rebuilt at a time in the backward, for one more forward per step). Memory (`fit_bytes`,
+checked before pruning by `planned_steps`): a float32 copy of the model where it is not float32, the gradients
+and Adam's two moments of the decoder blocks' fitted weights and their keep-masks (13 bytes per weight), the
+dense final hidden states of the calibration, and one prompt's activations (the blocks' float32 inputs, one
+block's autograd state, the KL's buffers).
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from torch.utils.checkpoint import checkpoint
+
+from ..config import PruneConfig, default_distill_steps
 from ..errors import ConfigError, NonFiniteActivationError
 from .activations import free_memory
 from .discovery import decoder_layers
 from .fitting import KeptWeights, fitting_in_float32
 
-__all__ = ["Distillation", "OutputHead", "check_memory", "dense_final_states", "distill_", "kl_divergence"]
+__all__ = ["Distillation", "OutputHead", "checkpointed_blocks", "dense_final_states", "distill_", "fit_bytes",
+           "kl_divergence", "planned_steps"]
 
 log = logging.getLogger("tfprune")
 CHUNK_VALUES = 2**26  # values of one [chunk, V] float32 buffer: 256 MB
@@ -100,20 +109,45 @@ def _check_head(model: nn.Module, head: OutputHead, input_ids: torch.Tensor, att
                           "use --distill 0")
 
 
-def check_memory(model: nn.Module) -> None:
-    """Refuse, before any work, a distillation whose weights cannot fit the model's device: a float32 copy of
-    every parameter not in float32, and 13 bytes per weight of the decoder blocks' prunable matrices and
-    norms (float32 gradient, Adam's two moments, keep-mask), against the device's free memory now."""
-    device = next(model.parameters()).device
+def fit_bytes(model: nn.Module, config: PruneConfig) -> int:
+    """Bytes the distillation needs on the model's device beyond the model itself (see the module docstring):
+    the float32 upcast, 13 bytes per fitted block weight, the dense final hidden states of config.nsamples
+    prompts of config.seqlen tokens, and one prompt's activations: every block's float32 input, one block's
+    autograd state (about 16 hidden-size and 4 intermediate-size float32 vectors per token) and the KL's four
+    [chunk, V] float32 buffers."""
     params = {id(p): p for p in model.parameters()}.values()
     upcast = sum(4 * p.numel() for p in params if p.dtype != torch.float32)
-    fitted = sum(p.numel() for p in {id(p): p for block in decoder_layers(model) for p in block.parameters()
-                                     if p.dim() >= 1}.values())
-    needed, free = upcast + 13 * fitted, free_memory(device)
-    if needed > free:
-        raise ConfigError(f"--distill needs ~{needed / 2**30:.1f} GiB more on {device} (a float32 copy of the model "
-                          f"and Adam's state for its {fitted / 1e6:.0f} M block weights), {free / 2**30:.1f} GiB "
-                          "are free: use a larger device or --distill 0")
+    blocks = decoder_layers(model)
+    fitted = sum(p.numel() for p in {id(p): p for block in blocks for p in block.parameters()}.values())
+    hidden = model.get_input_embeddings().weight.shape[1]
+    inner = getattr(model.config, "intermediate_size", None) or 4 * hidden
+    vocab = model.get_input_embeddings().weight.shape[0]
+    itemsize = next(model.parameters()).element_size()
+    tokens = config.seqlen
+    states = config.nsamples * tokens * hidden * itemsize
+    activations = 4 * tokens * (len(blocks) * hidden + 16 * hidden + 4 * inner) + 16 * min(CHUNK_VALUES,
+                                                                                            tokens * vocab)
+    return upcast + 13 * fitted + states + activations
+
+
+def planned_steps(model: nn.Module, config: PruneConfig) -> int:
+    """The distillation steps of this in-memory run, decided before any work: config.distill when it is given
+    (refused with ConfigError when the fit does not fit the device's free memory), else the default for the
+    pattern and method (config.default_distill_steps), or 0, said in one warning, where it does not fit."""
+    steps = config.distill if config.distill is not None else default_distill_steps(config.method, config.nm)
+    if not steps:
+        return 0
+    device = next(model.parameters()).device
+    needed, free = fit_bytes(model, config), free_memory(device)
+    if needed <= free:
+        return steps
+    what = (f"~{needed / 2**30:.1f} GiB more on {device} (a float32 copy of the model, Adam's state for its block "
+            f"weights, one prompt's activations), {free / 2**30:.1f} GiB are free")
+    if config.distill is not None:
+        raise ConfigError(f"--distill needs {what}: use a larger device or --distill 0")
+    log.warning("no end-to-end distillation (the default for %s): it needs %s; the blocks are reconstructed one "
+                "at a time as usual (--distill 0 silences this)", config.pattern, what)
+    return 0
 
 
 @torch.no_grad()
@@ -169,6 +203,49 @@ def _kl(model: nn.Module, head: OutputHead, batch, dense_state: torch.Tensor, de
     return total / int(real.sum())
 
 
+@contextmanager
+def checkpointed_blocks(model: nn.Module):
+    """Run every decoder block of `model` under activation checkpointing while inside: a block keeps only its
+    inputs through the forward and runs again in the backward (non-reentrant torch.utils.checkpoint; the
+    blocks have no randomness in eval mode)."""
+    blocks = decoder_layers(model)
+    for block in blocks:
+        block.forward = _checkpointed(block.forward)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward  # the class's forward again
+
+
+def _checkpointed(forward):
+    def run(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
+
+
+def _accumulate_gradients(model: nn.Module, head: OutputHead, batch, dense_state: torch.Tensor, device) -> float:
+    """One step's gradients of the mean KL per real token of `batch` (input_ids, attention_mask [B, T]) added to
+    the fitted weights' .grad, one prompt at a time (their sum is the batch's gradient). Returns the mean KL."""
+    input_ids, attention_mask = (t.to(device) for t in batch)
+    tokens = int(attention_mask.sum())
+    total = 0.0
+    for row in range(input_ids.shape[0]):
+        ids, mask = input_ids[row:row + 1], attention_mask[row:row + 1]
+        real = mask.bool()
+        if not real.any():
+            continue
+        with torch.enable_grad():
+            student = _final_hidden(model, ids, mask)[real]
+            kl, grad = kl_divergence(head, student, dense_state[row:row + 1][real])
+            total += kl
+            if not math.isfinite(kl):
+                return kl
+            student.backward(grad.div_(tokens).to(student.dtype))
+    return total / tokens
+
+
 def distill_(model: nn.Module, calibration, dense_states: list[torch.Tensor], steps: int, lr: float,
              batch_size: int, progress: bool = False) -> Distillation:
     """Fit the pruned `model` in place (see the module docstring): `steps` >= 1 Adam steps at peak learning
@@ -194,23 +271,18 @@ def distill_(model: nn.Module, calibration, dense_states: list[torch.Tensor], st
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                      lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
         bar = tqdm(range(steps), desc="distillation", unit="step", disable=not progress)
-        for step in bar:
-            i = step % len(batches)
-            input_ids, attention_mask = (t.to(device) for t in batches[i])
-            real = attention_mask.bool()
-            tokens = int(real.sum())
-            with torch.enable_grad():
-                student = _final_hidden(model, input_ids, attention_mask)[real]
-                kl, grad = kl_divergence(head, student, dense_states[i][real])
+        with checkpointed_blocks(model):
+            for step in bar:
+                i = step % len(batches)
+                kl = _accumulate_gradients(model, head, batches[i], dense_states[i], device)
                 if not math.isfinite(kl):
                     raise NonFiniteActivationError(f"distillation diverged at step {step} (KL {kl}); nothing was "
                                                    "written: lower --distill-lr")
-                student.backward(grad.div_(tokens).to(student.dtype))
-            kept.mask_gradients_()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)  # before the next forward: its gradients are not kept alive
-            schedule.step()
-            bar.set_postfix(kl=f"{kl / tokens:.4f}")
+                kept.mask_gradients_()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)  # before the next forward: its gradients are not kept alive
+                schedule.step()
+                bar.set_postfix(kl=f"{kl:.4f}")
     kept.reset_pruned_()
     if not kept.finite():
         raise NonFiniteActivationError("distillation diverged (NaN/Inf weights); nothing was written: lower "

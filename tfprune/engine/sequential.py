@@ -25,7 +25,7 @@ from .calibrate import collect_block_stats, needs_unpadded_batches
 from .activations import ActivationStore
 from .capture import capture_layer_inputs, run_block
 from .discovery import check_architecture, decoder_layers, targets
-from .distill import check_memory, dense_final_states, distill_
+from .distill import dense_final_states, distill_, planned_steps
 from .layer import kept_dense_report, mask_selection, prune_target
 from .plan import LayerPlan, make_plan, measure_block, needs_dense_pass, uniform_plan
 from .reconstruct import BlockReconstruction, goal_keeper, reconstruct_block_
@@ -144,16 +144,15 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, calib=None, contrast
 
     calib: None (built-in translation demonstrations) | ParallelCorpus | list[str] | LongTensor [N, T]
     of token ids | CalibrationSet. contrast_calib: the contrast stream of method 'contrastive' (default:
-    monolingual prompts from the same corpus). With config.distill, the pruned model is then distilled end
-    to end from the dense model's final hidden states, recorded first (tfprune.engine.distill). Returns a
-    PruneReport.
+    monolingual prompts from the same corpus). With distillation (config.distill, or its default for N:M
+    where it fits in memory: distill.planned_steps), the pruned model is then distilled end to end from the
+    dense model's final hidden states, recorded first (tfprune.engine.distill). Returns a PruneReport.
     """
     start = time.perf_counter()
     check_architecture(model)
     check_prunable(model, config)
     check_finite_weights(model.named_parameters())
-    if config.distill:
-        check_memory(model)
+    distill_steps = planned_steps(model, config)
     streams = calibration_streams(tokenizer, config, calib, contrast_calib)
     model.eval()
     use_cache = getattr(model.config, "use_cache", None)
@@ -163,7 +162,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, calib=None, contrast
     batch_size = effective_batch_size(model, config)
     try:
         # the distillation's targets: the dense model's final hidden states of every calibration batch
-        dense_states = dense_final_states(model, streams["translation"], batch_size) if config.distill else None
+        dense_states = dense_final_states(model, streams["translation"], batch_size) if distill_steps else None
         inputs = ActivationStore("device", next(model.parameters()).device)
         for stream, calibration in streams.items():
             for item in capture_layer_inputs(model, calibration, stream, batch_size):
@@ -186,9 +185,9 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, calib=None, contrast
             if result.reconstruction is not None:
                 report.reconstruction.append(asdict(result.reconstruction))
             forward_block(block, index, inputs)
-        if config.distill:
+        if distill_steps:
             del inputs  # the blocks' activations are done with: the fit needs the memory
-            report.distillation = asdict(distill_(model, streams["translation"], dense_states, config.distill,
+            report.distillation = asdict(distill_(model, streams["translation"], dense_states, distill_steps,
                                                   config.distill_lr, batch_size, progress))
     finally:
         model.config.use_cache = use_cache

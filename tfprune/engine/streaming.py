@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..config import PruneConfig
+from ..config import PruneConfig, default_distill_steps
 from ..errors import ConfigError, TfpruneError
 from ..outdir import OutputAppearedError, check_free_space, check_output_dir, commit_output_dir, write_marker
 from ..report import LayerReport, PruneReport
@@ -163,6 +163,9 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
                           "(--streaming, or chosen because the model does not fit the device's free memory) holds one "
                           "layer at a time: prune in memory (--no-streaming, on a device with room for the model in "
                           "float32 and 13 bytes per weight of its blocks) or use --distill 0")
+    if config.distill is None and default_distill_steps(config.method, config.nm):
+        log.info("no end-to-end distillation: the streaming engine holds one layer at a time (the in-memory "
+                 "engine distills %s by default)", config.pattern)
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"output format {output_format!r} is not supported; choose one of "
                           f"{', '.join(OUTPUT_FORMATS)}")
