@@ -316,3 +316,13 @@ def test_every_block_runs_under_activation_checkpointing_one_prompt_at_a_time(ti
     batch = next(iter(calib.batches(4)))[0].shape[0]
     assert calls[blocks:-blocks] and sorted(calls[blocks:-blocks]) == sorted(per_prompt * batch)
     assert all("forward" not in vars(block) for block in decoder_layers(model))  # the class's forward again
+
+
+def test_checkpointing_restores_a_forward_set_on_the_block_itself(tiny_model):
+    model, _ = tiny_model("llama")
+    first, second = decoder_layers(model)[:2]
+    hooked = first.forward  # as accelerate's hooks set it: an attribute of the instance
+    first.forward = hooked
+    with distill.checkpointed_blocks(model):
+        assert first.forward is not hooked and "forward" in vars(second)
+    assert first.forward is hooked and "forward" not in vars(second)

@@ -208,14 +208,17 @@ def checkpointed_blocks(model: nn.Module):
     """Run every decoder block of `model` under activation checkpointing while inside: a block keeps only its
     inputs through the forward and runs again in the backward (non-reentrant torch.utils.checkpoint; the
     blocks have no randomness in eval mode)."""
-    blocks = decoder_layers(model)
-    for block in blocks:
+    previous = [(block, vars(block).get("forward")) for block in decoder_layers(model)]  # an accelerate hook's
+    for block, _ in previous:
         block.forward = _checkpointed(block.forward)
     try:
         yield
     finally:
-        for block in blocks:
-            del block.forward  # the class's forward again
+        for block, forward in previous:
+            if forward is None:
+                del block.forward  # the class's forward again
+            else:
+                block.forward = forward
 
 
 def _checkpointed(forward):
