@@ -35,10 +35,11 @@ def calibration(tokenizer):
 
 
 class _Head:
-    """A stand-in for a model's output head: get_output_embeddings() and config."""
+    """A stand-in for a model's output head: get_output_embeddings(), config and a base model."""
 
     def __init__(self, linear, cap):
         self.linear, self.config = linear, type("C", (), {"final_logit_softcapping": cap})()
+        self.base_model = object()
 
     def get_output_embeddings(self):
         return self.linear
@@ -253,7 +254,7 @@ def test_a_distillation_that_cannot_fit_the_memory_is_refused_before_pruning(tin
     model, tokenizer = tiny_model("llama")
     before = {name: p.clone() for name, p in model.named_parameters()}
     monkeypatch.setattr(distill, "free_memory", lambda device: 1000)
-    with pytest.raises(ConfigError, match="--distill needs ~.* GiB more on cpu"):
+    with pytest.raises(ConfigError, match="--distill: it needs ~.* GiB more on cpu"):
         tfprune.prune(model, tokenizer, PruneConfig(pattern="2:4", distill=2, **SMALL), progress=False)
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
 
@@ -272,11 +273,12 @@ def test_the_default_distillation_is_skipped_with_a_warning_where_it_does_not_fi
     config = PruneConfig(pattern="2:4", **SMALL)
     needed = distill.fit_bytes(model, config)
     monkeypatch.setattr(distill, "free_memory", lambda device: needed)
-    assert distill.planned_steps(model, config) == DEFAULT_DISTILL_STEPS
+    assert distill.planned_steps(model, config) == (DEFAULT_DISTILL_STEPS, None)
     monkeypatch.setattr(distill, "free_memory", lambda device: needed - 1)
     report = tfprune.prune(model, tokenizer, config, progress=False)
     assert report.distillation is None and "no end-to-end distillation" in caplog.text
-    with pytest.raises(ConfigError, match="--distill needs"):  # asked for: refused, not skipped
+    assert "GiB are free" in report.distillation_skipped and "no distillation" in report.table()
+    with pytest.raises(ConfigError, match="--distill: it needs"):  # asked for: refused, not skipped
         distill.planned_steps(model, PruneConfig(pattern="2:4", distill=DEFAULT_DISTILL_STEPS, **SMALL))
 
 
@@ -287,12 +289,13 @@ def test_fit_bytes_counts_the_upcast_the_states_and_one_prompts_activations(tiny
     # doubling the tokens adds the states of nsamples more prompts' tokens and one prompt's activations
     grown = distill.fit_bytes(model, long) - distill.fit_bytes(model, short)
     vocab = model.config.vocab_size
-    activations = lambda t: 4 * t * ((blocks + 16) * hidden + 4 * model.config.intermediate_size) + 16 * min(
-        distill.CHUNK_VALUES, t * vocab)
+    heads = model.config.num_attention_heads
+    activations = lambda t: (4 * t * ((blocks + 16) * hidden + 4 * model.config.intermediate_size)
+                             + 8 * heads * t * t + 16 * min(distill.CHUNK_VALUES, t * vocab))
     assert grown == SMALL["nsamples"] * 48 * hidden * 4 + activations(96) - activations(48)
-    half = copy.deepcopy(model).to(torch.bfloat16)  # a float32 copy of every parameter, half the states
+    half = copy.deepcopy(model).to(torch.bfloat16)  # every parameter grows by 2 bytes to float32, half the states
     numel = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    assert distill.fit_bytes(half, short) - distill.fit_bytes(model, short) == 4 * numel - (
+    assert distill.fit_bytes(half, short) - distill.fit_bytes(model, short) == 2 * numel - (
         SMALL["nsamples"] * 48 * hidden * 2)
 
 
@@ -326,3 +329,22 @@ def test_checkpointing_restores_a_forward_set_on_the_block_itself(tiny_model):
     with distill.checkpointed_blocks(model):
         assert first.forward is not hooked and "forward" in vars(second)
     assert first.forward is hooked and "forward" not in vars(second)
+
+
+def test_the_default_distillation_is_skipped_for_a_model_whose_logits_are_not_its_head(tiny_model, monkeypatch):
+    model, tokenizer = tiny_model("llama")
+    forward = type(model).forward
+
+    def scaled(self, *args, **kwargs):  # a logit scale the head does not know (as Cohere's, Granite's)
+        out = forward(self, *args, **kwargs)
+        out.logits = out.logits * 0.5
+        return out
+
+    monkeypatch.setattr(type(model), "forward", scaled)
+    dense = copy.deepcopy(model)
+    with pytest.raises(ConfigError, match="not its LM head applied"):  # asked for: refused
+        tfprune.prune(copy.deepcopy(model), tokenizer, PruneConfig(pattern="2:4", distill=2, **SMALL),
+                      progress=False)
+    report = tfprune.prune(model, tokenizer, PruneConfig(pattern="2:4", **SMALL), progress=False)
+    assert report.distillation is None and "not its LM head applied" in report.distillation_skipped
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), dense.parameters()))  # pruned all the same

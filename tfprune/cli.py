@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill", type=int, default=None, metavar="STEPS",
                    help="end-to-end distillation after pruning: Adam steps fitting every decoder block's kept weights "
                         "and norms to the dense model's next-token distributions (KL) on the calibration prompts; "
-                        "in memory only; 0: off (default: 30 for N:M patterns except magnitude/random where "
-                        "it fits the device's free memory, else 0 with a warning; the streaming engine: 0)")
+                        "in memory only; 0: off (default: 30 for N:M patterns except magnitude/random, skipped with "
+                        "a warning where it does not fit the free memory; 0 otherwise and in the streaming engine)")
     p.add_argument("--distill-lr", type=float, default=5e-5, help="its peak learning rate (cosine decay)")
     p.add_argument("--sparsity", type=float, default=None, help="fraction pruned per row (default 0.5; N:M fixes it)")
     p.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M, e.g. 2:4")

@@ -39,6 +39,7 @@ class PruneReport:
     reconstruction: list[dict] = field(default_factory=list)  # per block: asdict(BlockReconstruction)
     kept_dense: list[str] = field(default_factory=list)  # matrices the layer plan left dense ("3.mlp.down_proj")
     distillation: dict | None = None  # asdict(tfprune.engine.distill.Distillation)
+    distillation_skipped: str | None = None  # why the default distillation did not run (memory, output head)
 
     @property
     def sparsity(self) -> float:
@@ -70,6 +71,8 @@ class PruneReport:
             d = self.distillation
             lines.append(f"distillation: {d['steps']} steps, KL from the dense model {d['kl_before']:.4g} -> "
                          f"{d['kl_after']:.4g} nats/token on the first calibration batch, {d['seconds']:.1f} s")
+        if self.distillation_skipped:
+            lines.append(f"no distillation (the default for N:M): {self.distillation_skipped}")
         if self.kept_dense:
             shapes = {layer.name: layer.shape for layer in self.layers}
             weights = sum(shapes[name][0] * shapes[name][1] for name in self.kept_dense)

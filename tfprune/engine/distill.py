@@ -45,7 +45,7 @@ from .discovery import decoder_layers
 from .fitting import KeptWeights, fitting_in_float32
 
 __all__ = ["Distillation", "OutputHead", "checkpointed_blocks", "dense_final_states", "distill_", "fit_bytes",
-           "kl_divergence", "planned_steps"]
+           "kl_divergence", "planned_steps", "skip_default"]
 
 log = logging.getLogger("tfprune")
 CHUNK_VALUES = 2**26  # values of one [chunk, V] float32 buffer: 256 MB
@@ -73,6 +73,9 @@ class OutputHead:
         if not isinstance(self.linear, nn.Linear):
             raise ConfigError(f"{type(model).__name__} has no nn.Linear output embeddings (LM head): --distill "
                               "matches next-token distributions through it; use --distill 0")
+        if model.base_model is model:
+            raise ConfigError(f"{type(model).__name__} has no base model that returns its last hidden states: "
+                              "--distill cannot read the states its LM head sees; use --distill 0")
         self.cap = getattr(model.config, "final_logit_softcapping", None)
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -94,9 +97,8 @@ def _check_head(model: nn.Module, head: OutputHead, input_ids: torch.Tensor, att
     """Refuse a model whose logits are not head(final hidden states) (a logit scale, a projection the head
     does not know): the distillation would match the wrong distributions. Checked on one prompt's first
     16 tokens, to the precision of the model's dtype."""
-    base = model.base_model
-    if base is model or not hasattr(base(input_ids=input_ids[:1, :2], attention_mask=attention_mask[:1, :2],
-                                         use_cache=False), "last_hidden_state"):
+    if not hasattr(model.base_model(input_ids=input_ids[:1, :2], attention_mask=attention_mask[:1, :2],
+                                    use_cache=False), "last_hidden_state"):
         raise ConfigError(f"{type(model).__name__} has no base model that returns its last hidden states: --distill "
                           "cannot read the states its LM head sees; use --distill 0")
     ids, mask = input_ids[:1, :16], attention_mask[:1, :16]
@@ -111,43 +113,59 @@ def _check_head(model: nn.Module, head: OutputHead, input_ids: torch.Tensor, att
 
 def fit_bytes(model: nn.Module, config: PruneConfig) -> int:
     """Bytes the distillation needs on the model's device beyond the model itself (see the module docstring):
-    the float32 upcast, 13 bytes per fitted block weight, the dense final hidden states of config.nsamples
-    prompts of config.seqlen tokens, and one prompt's activations: every block's float32 input, one block's
-    autograd state (about 16 hidden-size and 4 intermediate-size float32 vectors per token) and the KL's four
-    [chunk, V] float32 buffers."""
+    the float32 upcast of every parameter not in float32 (4 − its itemsize bytes each), 13 bytes per fitted
+    block weight, the dense final hidden states of config.nsamples prompts of config.seqlen tokens, and one
+    prompt's activations: every block's float32 input, one block's autograd state (about 16 hidden-size and 4
+    intermediate-size float32 vectors per token, and two [heads, T, T] float32 attention maps, as eager
+    attention keeps them) and the KL's four [chunk, V] float32 buffers. Mixture-of-experts blocks are counted
+    by the configuration's intermediate_size."""
     params = {id(p): p for p in model.parameters()}.values()
-    upcast = sum(4 * p.numel() for p in params if p.dtype != torch.float32)
+    upcast = sum((4 - p.element_size()) * p.numel() for p in params if p.dtype != torch.float32)
     blocks = decoder_layers(model)
     fitted = sum(p.numel() for p in {id(p): p for block in blocks for p in block.parameters()}.values())
-    hidden = model.get_input_embeddings().weight.shape[1]
+    vocab, hidden = model.get_input_embeddings().weight.shape
     inner = getattr(model.config, "intermediate_size", None) or 4 * hidden
-    vocab = model.get_input_embeddings().weight.shape[0]
+    heads = getattr(model.config, "num_attention_heads", None) or 1
     itemsize = next(model.parameters()).element_size()
     tokens = config.seqlen
     states = config.nsamples * tokens * hidden * itemsize
-    activations = 4 * tokens * (len(blocks) * hidden + 16 * hidden + 4 * inner) + 16 * min(CHUNK_VALUES,
-                                                                                            tokens * vocab)
+    block = 4 * tokens * (16 * hidden + 4 * inner) + 2 * 4 * heads * tokens * tokens
+    activations = 4 * tokens * len(blocks) * hidden + block + 16 * min(CHUNK_VALUES, tokens * vocab)
     return upcast + 13 * fitted + states + activations
 
 
-def planned_steps(model: nn.Module, config: PruneConfig) -> int:
-    """The distillation steps of this in-memory run, decided before any work: config.distill when it is given
-    (refused with ConfigError when the fit does not fit the device's free memory), else the default for the
-    pattern and method (config.default_distill_steps), or 0, said in one warning, where it does not fit."""
+def planned_steps(model: nn.Module, config: PruneConfig) -> tuple[int, str | None]:
+    """The distillation steps of this in-memory run, decided before any work, and why the default is skipped
+    (None when it is not): config.distill when it is given (refused with ConfigError when the fit does not fit
+    the device's free memory), else the default for the pattern and method (config.default_distill_steps),
+    or 0, with the reason in one warning, where it does not fit or the model has no plain LM head."""
     steps = config.distill if config.distill is not None else default_distill_steps(config.method, config.nm)
     if not steps:
-        return 0
+        return 0, None
     device = next(model.parameters()).device
     needed, free = fit_bytes(model, config), free_memory(device)
-    if needed <= free:
-        return steps
-    what = (f"~{needed / 2**30:.1f} GiB more on {device} (a float32 copy of the model, Adam's state for its block "
-            f"weights, one prompt's activations), {free / 2**30:.1f} GiB are free")
+    problem = None
+    if needed > free:
+        problem = (f"it needs ~{needed / 2**30:.1f} GiB more on {device} (a float32 copy of the model, Adam's state "
+                   f"for its block weights, one prompt's activations), {free / 2**30:.1f} GiB are free")
+    else:
+        try:
+            OutputHead(model)
+        except ConfigError as error:
+            problem = str(error)
+    if problem is None:
+        return steps, None
     if config.distill is not None:
-        raise ConfigError(f"--distill needs {what}: use a larger device or --distill 0")
-    log.warning("no end-to-end distillation (the default for %s): it needs %s; the blocks are reconstructed one "
-                "at a time as usual (--distill 0 silences this)", config.pattern, what)
-    return 0
+        raise ConfigError(f"--distill: {problem}; use a larger device or --distill 0" if needed > free
+                          else problem)
+    return skip_default(problem)
+
+
+def skip_default(problem: str) -> tuple[int, str]:
+    """No distillation where the default cannot run: (0, the reason), said in one warning."""
+    log.warning("no end-to-end distillation (the default for N:M patterns): %s (--distill 0 silences this)",
+                problem)
+    return 0, problem
 
 
 @torch.no_grad()
@@ -235,13 +253,15 @@ def _accumulate_gradients(model: nn.Module, head: OutputHead, batch, dense_state
     tokens = int(attention_mask.sum())
     total = 0.0
     for row in range(input_ids.shape[0]):
-        ids, mask = input_ids[row:row + 1], attention_mask[row:row + 1]
-        real = mask.bool()
-        if not real.any():
+        positions = attention_mask[row].nonzero()
+        if not len(positions):
             continue
+        end = int(positions[-1]) + 1  # trailing padding cut: no real token attends to it (causal attention)
+        ids, mask = input_ids[row:row + 1, :end], attention_mask[row:row + 1, :end]
+        real = mask.bool()
         with torch.enable_grad():
             student = _final_hidden(model, ids, mask)[real]
-            kl, grad = kl_divergence(head, student, dense_state[row:row + 1][real])
+            kl, grad = kl_divergence(head, student, dense_state[row:row + 1, :end][real])
             total += kl
             if not math.isfinite(kl):
                 return kl

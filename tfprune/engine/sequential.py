@@ -25,7 +25,7 @@ from .calibrate import collect_block_stats, needs_unpadded_batches
 from .activations import ActivationStore
 from .capture import capture_layer_inputs, run_block
 from .discovery import check_architecture, decoder_layers, targets
-from .distill import dense_final_states, distill_, planned_steps
+from .distill import dense_final_states, distill_, planned_steps, skip_default
 from .layer import kept_dense_report, mask_selection, prune_target
 from .plan import LayerPlan, make_plan, measure_block, needs_dense_pass, uniform_plan
 from .reconstruct import BlockReconstruction, goal_keeper, reconstruct_block_
@@ -137,6 +137,18 @@ def check_prunable(model: nn.Module, config: PruneConfig) -> None:
                                   f"(pattern {config.pattern})")
 
 
+def _distillation_targets(model: nn.Module, calibration, batch_size: int, config: PruneConfig):
+    """(the distillation's targets, None): the dense model's final hidden states of every calibration batch
+    (distill.dense_final_states); or (None, why) where the model's logits are not its LM head applied to them
+    and the distillation is only the default (asked for, that ConfigError stands)."""
+    try:
+        return dense_final_states(model, calibration, batch_size), None
+    except ConfigError as error:
+        if config.distill is not None:
+            raise
+        return None, str(error)
+
+
 @torch.no_grad()
 def prune(model: nn.Module, tokenizer, config: PruneConfig, calib=None, contrast_calib=None,
           progress: bool = True) -> PruneReport:
@@ -152,7 +164,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, calib=None, contrast
     check_architecture(model)
     check_prunable(model, config)
     check_finite_weights(model.named_parameters())
-    distill_steps = planned_steps(model, config)
+    distill_steps, distill_skipped = planned_steps(model, config)
     streams = calibration_streams(tokenizer, config, calib, contrast_calib)
     model.eval()
     use_cache = getattr(model.config, "use_cache", None)
@@ -161,8 +173,10 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, calib=None, contrast
         torch.cuda.reset_peak_memory_stats()
     batch_size = effective_batch_size(model, config)
     try:
-        # the distillation's targets: the dense model's final hidden states of every calibration batch
-        dense_states = dense_final_states(model, streams["translation"], batch_size) if distill_steps else None
+        dense_states, problem = (_distillation_targets(model, streams["translation"], batch_size, config)
+                                 if distill_steps else (None, None))
+        if problem:
+            distill_steps, distill_skipped = skip_default(problem)
         inputs = ActivationStore("device", next(model.parameters()).device)
         for stream, calibration in streams.items():
             for item in capture_layer_inputs(model, calibration, stream, batch_size):
@@ -177,7 +191,7 @@ def prune(model: nn.Module, tokenizer, config: PruneConfig, calib=None, contrast
                 inputs.put(i, hidden)
             del originals
         report = PruneReport(calibration_tokens=streams["translation"].tokens, block_sparsity=plan.sparsities,
-                             kept_dense=plan.kept())
+                             kept_dense=plan.kept(), distillation_skipped=distill_skipped)
         for index, block in enumerate(tqdm(blocks, desc="pruning", unit="block", disable=not progress)):
             result = prune_block(block, index, inputs, config, plan.sparsities[index], config.seed + len(report.layers),
                                  dense=plan.dense[index])

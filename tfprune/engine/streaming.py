@@ -24,7 +24,7 @@ import shutil
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -166,6 +166,7 @@ def prune_streaming(model: str, out: str | Path, config: PruneConfig, tokenizer=
     if config.distill is None and default_distill_steps(config.method, config.nm):
         log.info("no end-to-end distillation: the streaming engine holds one layer at a time (the in-memory "
                  "engine distills %s by default)", config.pattern)
+    config = replace(config, distill=0)  # what this engine does, in tfprune.json and the manifest's options
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"output format {output_format!r} is not supported; choose one of "
                           f"{', '.join(OUTPUT_FORMATS)}")
