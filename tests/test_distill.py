@@ -56,6 +56,7 @@ def test_chunked_kl_and_its_gradient_match_float64_autograd(monkeypatch, cap):
     student, teacher = torch.randn(n, hidden) * 3, torch.randn(n, hidden) * 3
     student[4] = teacher[4]  # a token with KL 0
     kl, grad = distill.kl_divergence(head, student, teacher)
+    assert distill.kl_divergence(head, student, teacher, gradient=False) == (kl, None)
 
     def logits(h):
         z = h @ linear.weight.double().T
@@ -229,8 +230,10 @@ def test_a_failed_fit_gives_the_model_back_in_its_dtypes_and_a_diverged_one_is_a
     calib = calibration(tokenizer)
     states = distill.dense_final_states(model, calib, 4)
 
-    def out_of_memory(*args):
-        raise RuntimeError("out of memory")
+    def out_of_memory(head, student, teacher, gradient=True):  # in the fit, not in the KL measured before it
+        if gradient:
+            raise RuntimeError("out of memory")
+        return 0.0, None
 
     monkeypatch.setattr(distill, "kl_divergence", out_of_memory)
     with pytest.raises(RuntimeError, match="out of memory"):
@@ -238,7 +241,7 @@ def test_a_failed_fit_gives_the_model_back_in_its_dtypes_and_a_diverged_one_is_a
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
     assert all(p.grad is None for p in model.parameters())
-    monkeypatch.setattr(distill, "kl_divergence", lambda head, student, teacher: (float("nan"), student * 0))
+    monkeypatch.setattr(distill, "kl_divergence", lambda head, student, teacher, gradient=True: (float("nan"), student * 0))
     with pytest.raises(tfprune.errors.NonFiniteActivationError, match="diverged at step 0"):
         distill.distill_(model, calib, states, 3, 1e-3, 4)
 

@@ -185,13 +185,14 @@ def dense_final_states(model: nn.Module, calibration, batch_size: int) -> list[t
 
 
 @torch.no_grad()
-def kl_divergence(head: OutputHead, student: torch.Tensor, teacher: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """Σ over tokens of KL(softmax(head(teacher)) ‖ softmax(head(student))) and its gradient with respect to
-    student: [n, H], [n, H] -> (float, [n, H] float32). Per chunk of tokens (CHUNK_VALUES logits):
-    dKL/dz = softmax(z_student) − softmax(z_teacher) for logits z, times 1 − tanh² through a soft-cap, then
-    times the head's weight [V, H]. The head's weights take no gradient."""
+def kl_divergence(head: OutputHead, student: torch.Tensor, teacher: torch.Tensor,
+                  gradient: bool = True) -> tuple[float, torch.Tensor | None]:
+    """Σ over tokens of KL(softmax(head(teacher)) ‖ softmax(head(student))) and, when `gradient`, its gradient
+    with respect to student: [n, H], [n, H] -> (float, [n, H] float32 or None). Per chunk of tokens
+    (CHUNK_VALUES logits): dKL/dz = softmax(z_student) − softmax(z_teacher) for logits z, times 1 − tanh²
+    through a soft-cap, then times the head's weight [V, H]. The head's weights take no gradient."""
     weight = head.linear.weight
-    grad = torch.empty(student.shape, dtype=torch.float32, device=student.device)
+    grad = torch.empty(student.shape, dtype=torch.float32, device=student.device) if gradient else None
     chunk = max(1, CHUNK_VALUES // head.vocab)
     total = 0.0
     for start in range(0, student.shape[0], chunk):
@@ -205,6 +206,8 @@ def kl_divergence(head: OutputHead, student: torch.Tensor, teacher: torch.Tensor
             capped, log_q = None, torch.log_softmax(raw, dim=-1)
         del raw
         total += float((log_p.exp() * (log_p - log_q)).sum())
+        if grad is None:
+            continue
         d_logits = log_q.exp_().sub_(log_p.exp_())  # softmax(z_student) − softmax(z_teacher), in log_q's buffer
         if capped is not None:
             d_logits.mul_(1 - capped.square_())
@@ -217,7 +220,8 @@ def _kl(model: nn.Module, head: OutputHead, batch, dense_state: torch.Tensor, de
     input_ids, attention_mask = (t.to(device) for t in batch)
     real = attention_mask.bool()
     with torch.no_grad():
-        total, _ = kl_divergence(head, _final_hidden(model, input_ids, attention_mask)[real], dense_state[real])
+        total, _ = kl_divergence(head, _final_hidden(model, input_ids, attention_mask)[real], dense_state[real],
+                                 gradient=False)
     return total / int(real.sum())
 
 
