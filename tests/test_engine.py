@@ -1,4 +1,6 @@
 """The sequential engine on every built-in family: exact sparsity, protection, detection, save/load."""
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -180,7 +182,7 @@ def test_block_reconstruction_fits_the_dense_block_and_keeps_the_pattern(tiny_mo
         assert torch.equal(weight != 0, reference != 0), name  # the masks are kept exactly
         assert not torch.equal(weight, reference)  # and the kept weights moved
         assert not torch.signbit(weight[weight == 0]).any()  # +0.0
-    report = tfprune.prune(*tiny_model("llama"), config, progress=False)
+    report = tfprune.prune(*tiny_model("llama"), replace(config, distill=0), progress=False)
     assert [r["index"] for r in report.reconstruction] == [0, 1] and "block reconstruction" in report.table()
 
 
@@ -213,11 +215,39 @@ def test_reconstruction_restores_every_tensor_to_its_own_dtype(tiny_model):
         store.append(item)
     block = decoder_layers(model)[0]
     block.mlp.register_buffer("probe", torch.linspace(0, 1, 7, dtype=torch.float32))
+    block.mlp.register_parameter("probe_parameter", torch.nn.Parameter(torch.linspace(0, 1, 7)))  # not fitted
     with torch.no_grad():
+        for target in targets(block).values():  # every other weight pruned, as -0.0: the fit gives back +0.0
+            target.matrix()[:, ::2] = -0.0
         goals = [run_block(block, store[i], 0) for i in range(len(store))]
     reconstruct_block_(block, 0, store, goals, 3, 1e-3)
     assert block.mlp.probe.dtype == torch.float32 and torch.equal(block.mlp.probe, torch.linspace(0, 1, 7))
-    assert {p.dtype for p in block.parameters()} == {torch.bfloat16}
+    parameter = block.mlp.probe_parameter
+    assert parameter.dtype == torch.float32 and torch.equal(parameter, torch.linspace(0, 1, 7))
+    assert {p.dtype for name, p in block.named_parameters() if name != "mlp.probe_parameter"} == {torch.bfloat16}
+    for target in targets(block).values():
+        weight = target.matrix()
+        assert bool((weight[:, ::2] == 0).all()) and not bool(torch.signbit(weight[:, ::2]).any())
+
+
+def test_a_diverged_reconstruction_is_an_error_not_a_block(tiny_model):
+    """A goal with a NaN makes every fitted weight NaN: refused with the way out, not written."""
+    from tfprune.engine.activations import ActivationStore
+    from tfprune.engine.capture import capture_layer_inputs, run_block
+    from tfprune.engine.reconstruct import reconstruct_block_
+    from tfprune.errors import NonFiniteActivationError
+
+    model, tokenizer = tiny_model("llama")
+    config = PruneConfig(pattern="2:4", reconstruct=0, **SMALL)
+    store = ActivationStore("device", torch.device("cpu"))
+    for item in capture_layer_inputs(model, build_calibration(None, tokenizer, config), "translation", 4):
+        store.append(item)
+    block = decoder_layers(model)[0]
+    with torch.no_grad():
+        goals = [run_block(block, store[i], 0) for i in range(len(store))]
+    goals[0][0, 1, 0] = float("nan")
+    with pytest.raises(NonFiniteActivationError, match="block 0: reconstruction diverged .* --reconstruct-lr"):
+        reconstruct_block_(block, 0, store, goals, 2, 1e-3)
 
 
 def test_learned_masks_in_a_bf16_model_come_back_bf16_and_exactly_2_4(tiny_model):
@@ -225,7 +255,8 @@ def test_learned_masks_in_a_bf16_model_come_back_bf16_and_exactly_2_4(tiny_model
     non-zeros in every group of 4 inputs and its pruned weights +0.0, and some masks changed."""
     model, tokenizer = tiny_model("llama")
     model.to(torch.bfloat16)
-    config = PruneConfig(pattern="2:4", reconstruct=6, reconstruct_lr=3e-2, reconstruct_mask="learned", **SMALL)
+    config = PruneConfig(pattern="2:4", reconstruct=6, reconstruct_lr=3e-2, reconstruct_mask="learned", distill=0,
+                         **SMALL)  # no distillation: its reset of the pruned weights would hide the fit's
     report = tfprune.prune(model, tokenizer, config, progress=False)
     assert any(r["mask_changed"] > 0 for r in report.reconstruction)
     for block in decoder_layers(model):
